@@ -1,0 +1,1 @@
+"""chatstate: conversation state for chat bots and LLM agents."""
