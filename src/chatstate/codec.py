@@ -51,6 +51,9 @@ class Codec:
         self.migrations = {**BUILTIN_MIGRATIONS, **(migrations or {})}
         self.max_record_bytes = max_record_bytes
         self.encryptor = encryptor
+        # Called with (key, reset field names) when decode repairs a record (the engine emits
+        # a `session.repaired` event from it).
+        self.on_repair: Callable[[str, list[str]], None] | None = None
         if format == "json":
             self._enc: Any = msgspec.json.Encoder()
             self._dec: Any = msgspec.json.Decoder(SessionRecord)
@@ -143,6 +146,8 @@ class Codec:
         record.schema_version = SCHEMA_VERSION
         if repaired:
             log.warning("repaired session %s: reset fields %s to defaults", key, repaired)
+            if self.on_repair is not None:
+                self.on_repair(key, repaired)
         return record
 
     # -- history ---------------------------------------------------------------------------

@@ -19,13 +19,13 @@ SCHEMA_VERSION = 1
 """Version of the stored record layout; `codec` migrates older records on load."""
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     ACTIVE = "active"
     CLOSED = "closed"
     EXPIRED = "expired"
 
 
-class Scope(str, enum.Enum):
+class Scope(enum.StrEnum):
     """What a session belongs to. The value is the scope's name in the canonical key."""
 
     USER = "user"  # one user, across every chat of the platform

@@ -28,6 +28,7 @@ Contract (checked by tests/conformance):
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,7 +151,7 @@ class Store(abc.ABC):
         """Move an unreadable current record aside (kept for inspection) and free the key."""
 
     @abc.abstractmethod
-    async def list_quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def list_quarantined(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """Quarantined records: dicts with key, reason, at, raw (bytes)."""
 
     @abc.abstractmethod
@@ -175,22 +176,26 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def read_tail(
         self, ref: SessionRef, limit: int, *, before_seq: int | None = None
-    ) -> list[Message]:
+    ) -> builtins.list[Message]:
         """The newest `limit` messages (with seq < before_seq if given), oldest first."""
 
     @abc.abstractmethod
-    async def read_range(self, ref: SessionRef, start_seq: int, end_seq: int) -> list[Message]:
+    async def read_range(
+        self, ref: SessionRef, start_seq: int, end_seq: int
+    ) -> builtins.list[Message]:
         """Messages with start_seq <= seq <= end_seq, oldest first."""
 
     @abc.abstractmethod
     async def count_messages(self, ref: SessionRef) -> int:
         """How many messages are stored for the session (dropped ones not counted)."""
 
-    async def search_messages(self, ref: SessionRef, query: str, limit: int = 20) -> list[Message]:
+    async def search_messages(
+        self, ref: SessionRef, query: str, limit: int = 20
+    ) -> builtins.list[Message]:
         """Messages whose text contains every word of `query` (case-insensitive), newest first.
         Backends with full-text search override this scan."""
         words = [w.lower() for w in query.split() if w]
-        found: list[Message] = []
+        found: builtins.list[Message] = []
         before: int | None = None
         while len(found) < limit:
             page = await self.read_tail(ref, 500, before_seq=before)
@@ -206,7 +211,7 @@ class Store(abc.ABC):
         return found
 
     @abc.abstractmethod
-    async def list_summaries(self, ref: SessionRef) -> list[Summary]:
+    async def list_summaries(self, ref: SessionRef) -> builtins.list[Summary]:
         """Summaries of the session ordered by end_seq."""
 
     # -- due index --------------------------------------------------------------------------
@@ -214,7 +219,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def claim_due(
         self, kind: str, now: float, limit: int, *, claim_seconds: float = 30.0
-    ) -> list[DueItem]:
+    ) -> builtins.list[DueItem]:
         """Claim up to `limit` entries of `kind` due at `now` (see the module docstring)."""
 
     # -- leases -----------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""Per-key, in-process FIFO locks that disappear when idle.
+
+The map holds an entry only while some task holds or waits for the key, so it never grows with
+the number of users ever seen. Acquiring an uncontended key does not suspend the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class _Entry:
+    __slots__ = ("busy", "users", "waiters")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.users = 0  # holders + waiters
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+class KeyLocks:
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def locked(self, key: str) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and entry.busy
+
+    async def acquire(self, key: str, wait: float | None = None) -> bool:
+        """Take the key's lock, waiting in FIFO order at most `wait` seconds.
+        Returns False when the wait ran out (the caller decides what that means)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry()
+        entry.users += 1
+        if not entry.busy:
+            entry.busy = True
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry.waiters.append(fut)
+        try:
+            if wait is None:
+                await fut
+            else:
+                await asyncio.wait_for(asyncio.shield(fut), wait)
+            return True
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if fut.done() and not fut.cancelled():
+                # Ownership was handed to us just as we gave up: pass it on.
+                self._hand_over(key, entry)
+            else:
+                fut.cancel()
+                try:
+                    entry.waiters.remove(fut)
+                except ValueError:
+                    pass
+                self._leave(key, entry)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return False
+
+    def release(self, key: str) -> None:
+        entry = self._entries[key]
+        self._hand_over(key, entry)
+
+    def _hand_over(self, key: str, entry: _Entry) -> None:
+        while entry.waiters:
+            nxt = entry.waiters.popleft()
+            if not nxt.done():
+                nxt.set_result(None)  # ownership passes; `busy` stays True
+                self._leave(key, entry)
+                return
+        entry.busy = False
+        self._leave(key, entry)
+
+    def _leave(self, key: str, entry: _Entry) -> None:
+        entry.users -= 1
+        if entry.users == 0 and self._entries.get(key) is entry:
+            del self._entries[key]
