@@ -108,3 +108,20 @@ class TransitionError(FlowError):
 
 class EncryptionError(ChatstateError):
     """Encrypted data could not be decrypted: the key is wrong or missing."""
+
+
+class ContextOverflow(ChatstateError, ValueError):
+    """What must go into an LLM context (system prompt, newest turn) exceeds its token budget."""
+
+    def __init__(self, needed: int, available: int, what: str) -> None:
+        self.needed = needed
+        self.available = available
+        super().__init__(
+            f"{what} needs {needed} tokens but only {available} fit in the budget; raise "
+            "budget_tokens, lower reserve_for_output, shorten it, or pass "
+            "allow_partial_turn=True to keep only the newest whole tool-call groups"
+        )
+
+
+class SummaryError(ChatstateError):
+    """A summariser failed or returned something unusable; the history was left untouched."""
