@@ -91,7 +91,7 @@ class Codec:
         except (msgspec.ValidationError, msgspec.DecodeError):
             record = self._decode_slow(raw, key)
         else:
-            if record.schema_version != SCHEMA_VERSION:
+            if record.schema_version != SCHEMA_VERSION or not record.id or not record.key:
                 record = self._decode_slow(raw, key)
         if self.encryptor is not None:
             record.data = self._open(record.data, key)

@@ -285,7 +285,11 @@ class _SessionContext:
         self._stop_renewing()
         try:
             if exc is None:
-                await self._commit()
+                try:
+                    await self._commit()
+                except BaseException:
+                    await self._release_quietly()
+                    raise
                 return False
             if isinstance(exc, Exception):
                 return await self._handler_failed(exc)
@@ -391,7 +395,8 @@ class _SessionContext:
             await bus.emit(
                 Event(name=ev.SESSION_CREATED, key=self.ks, session_id=record.id, at=now)
             )
-        if record.status is not Status.ACTIVE and record.closed_at == now:
+        # Only active (or new) records are opened, so a non-active one was closed just now.
+        if record.status is not Status.ACTIVE:
             await bus.emit(
                 Event(name=ev.SESSION_CLOSED, key=self.ks, session_id=record.id, at=now,
                       data={"reason": record.close_reason})
