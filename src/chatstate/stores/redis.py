@@ -1,0 +1,802 @@
+"""RedisStore: sessions in Redis or Redis Cluster, on redis-py's asyncio client with hiredis.
+
+URLs::
+
+    redis://[user:password@]host:6379/0?prefix=mybot&max_connections=50&socket_timeout=5
+    rediss://...                                  (TLS)
+    redis+cluster://host:7000,host:7001?prefix=mybot&buckets=16
+
+Query options: ``prefix`` (or ``namespace``), ``max_connections`` (or ``pool_size``),
+``socket_timeout`` (or ``timeout``), ``connect_timeout``, ``retries``, ``buckets`` (Cluster only),
+``gc_margin`` (seconds), ``format`` (``json`` or ``msgpack``).
+
+Cost of an update: `lease_and_load` is one script call and `commit(..., release=True)` is one
+script call, so a serialised update costs two round trips.
+
+Data layout (P = prefix, B = the session base, K = canonical session key)::
+
+    B:r           hash  v (version), id           the key's current session
+    B:s:<id>      hash  b (record), v, ag (aggregate contribution), st, fl, sp, gc
+    B:l           hash  o (owner), t (fencing token), e (lease expiry)
+    B:h:<id>      zset  score seq -> message      history (a message carries its token count)
+    B:m:<id>      zset  score end_seq -> summary
+    I:due:<kind>  zset  score due time -> "K id"  one per kind (warn, expire, purge)
+    I:list        zset  score last_activity -> "K id"   listing index, current and replaced
+    I:agg         hash  field -> count            totals by status/platform/reason/step/label
+    I:ids         hash  id -> K                   finds replaced sessions by id
+    I:q           list  quarantined records
+
+Standalone Redis: B = ``P:{K}`` and I = ``P`` (one global index of each kind). Every script
+touches the session's keys and the global index keys together, atomically.
+
+Redis Cluster: a script may only touch keys of one hash slot, and the indexes must change in the
+same atomic step as the record (a client-side follow-up write could be lost between the two, or
+be applied by a commit that lost its compare-and-set, leaving a wrong timer). So on Cluster the
+indexes are sharded into ``buckets`` (default 16) and a session lives in the slot of its bucket:
+B = ``P:{b<n>}:K`` and I = ``P:{b<n>}`` with n = crc32(K) % buckets. All keys of one session still
+share one hash tag, and every commit stays one atomic script. Claims, listings and counts visit
+the buckets (at most `buckets` small calls, independent of the number of sessions). Raise
+``buckets`` to spread a large cluster over more slots; it cannot change once data is stored.
+
+Time: lease and due times come from the store's `clock` (client side, passed to the scripts),
+so the same code runs under a FakeClock in tests. Native key expiry is only a garbage-collection
+backstop: a closed record's keys expire ``gc_margin`` after its ``purge_at`` (the lifecycle purges
+them through the due index first), and an idle lease hash expires a day after its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import builtins
+import logging
+import math
+import os
+import random
+import socket
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import msgspec
+
+from ..clock import Clock, SystemClock
+from ..codec import Codec
+from ..errors import (
+    ConfigurationError,
+    ConflictError,
+    CorruptRecordError,
+    LeaseLost,
+    StoreUnavailable,
+)
+from ..model import HistoryChanges, Message, SessionRecord, SessionRef, Status, Summary
+from . import redis_scripts as lua
+from .base import (
+    DUE_KINDS,
+    DueItem,
+    Lease,
+    Page,
+    SessionFilter,
+    SessionStats,
+    Store,
+    corrupt_with_lease,
+)
+
+try:
+    import redis.asyncio as aioredis
+    from redis import exceptions as rexc
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ConfigurationError(
+        "RedisStore needs redis-py; install it with: pip install 'chatstate[redis]'"
+    ) from exc
+
+log = logging.getLogger("chatstate.stores.redis")
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "chatstate"
+DEFAULT_CLUSTER_BUCKETS = 16
+LEASE_KEY_BACKSTOP = 86_400.0  # an idle lease hash (holding the token counter) expires after this
+QUARANTINE_KEEP = 30 * 86_400.0  # history of a quarantined session is kept this long
+QUARANTINE_CAP = 1000  # newest quarantined records kept per bucket
+SCAN_BUDGET = 2000  # index entries one scan call examines at most (bounds its server time)
+
+# Errors that mean "the server could not be reached or did not answer": nothing we sent can be
+# trusted to have happened, so they become StoreUnavailable (after safe retries).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    rexc.ClusterError,
+    rexc.RedisClusterException,
+    rexc.ReadOnlyError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+_FILTER_FIELDS = ("status", "platform", "scope", "flow", "step", "key_prefix")
+_ALL_FILTERS = (*_FILTER_FIELDS, "updated_since", "updated_before")
+_LABEL_SEP = "\x1f"
+
+
+def _float(value: str | float) -> str:
+    """A float as Redis and Lua read it back exactly."""
+    return repr(float(value))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Layout:
+    """Key names. See the module docstring for the standalone and Cluster layouts."""
+
+    def __init__(self, prefix: str, buckets: int | None) -> None:
+        self.prefix = prefix
+        self.buckets = buckets  # None: standalone (one global index)
+
+    @property
+    def all_buckets(self) -> list[int]:
+        return list(range(self.buckets)) if self.buckets else [0]
+
+    def bucket(self, key: str) -> int:
+        return zlib.crc32(key.encode()) % self.buckets if self.buckets else 0
+
+    def base(self, key: str) -> str:
+        if self.buckets:
+            return f"{self.prefix}:{{b{self.bucket(key)}}}:{key}"
+        return f"{self.prefix}:{{{key}}}"
+
+    def row_head_tail(self, bucket: int) -> tuple[str, str]:
+        """Row key of (key, id) = head + key + tail + id, for the server-side scans."""
+        if self.buckets:
+            return f"{self.prefix}:{{b{bucket}}}:", ":s:"
+        return f"{self.prefix}:{{", "}:s:"
+
+    def index(self, bucket: int, name: str) -> str:
+        if self.buckets:
+            return f"{self.prefix}:{{b{bucket}}}:{name}"
+        return f"{self.prefix}:{name}"
+
+    def counters(self) -> str:
+        return f"{self.prefix}:{{counters}}"
+
+
+class _Contribution:
+    """What one stored row adds to the aggregates (the `ag` field), and its filter fields."""
+
+    @staticmethod
+    def of(record: SessionRecord) -> bytes:
+        status = record.status.value
+        out: list[Any] = ["t", 1, "s:" + status, 1, "p:" + record.platform, 1]
+        if record.close_reason:
+            out += ["c:" + record.close_reason, 1]
+        flow = record.flow
+        if flow is not None and record.status is Status.ACTIVE:
+            out += [f"f:{flow.name}:{flow.step or ''}", 1]
+        for name, value in sorted(record.labels.items()):
+            out += [f"l:{name}{_LABEL_SEP}{value}", 1]
+        messages = record.counters.messages
+        tokens = record.usage.input_tokens + record.usage.output_tokens
+        duration = round(max(0.0, record.last_activity - record.created_at) * 1000)
+        if messages:
+            out += ["m", messages]
+        if tokens:
+            out += ["k", tokens]
+        if duration:
+            out += ["d", duration]
+        return msgspec.json.encode(out)
+
+
+def _stats_from(fields: dict[str, int], labels: Sequence[str]) -> SessionStats:
+    stats = SessionStats()
+    stats.by_status, stats.by_platform, stats.by_close_reason = {}, {}, {}
+    stats.by_flow_step, stats.by_label = {}, {name: {} for name in labels}
+    for field, amount in fields.items():
+        if amount == 0:
+            continue
+        if field == "t":
+            stats.total = amount
+        elif field == "m":
+            stats.messages = amount
+        elif field == "k":
+            stats.tokens = amount
+        elif field.startswith("s:"):
+            stats.by_status[field[2:]] = amount
+        elif field.startswith("p:"):
+            stats.by_platform[field[2:]] = amount
+        elif field.startswith("c:"):
+            stats.by_close_reason[field[2:]] = amount
+        elif field.startswith("f:"):
+            stats.by_flow_step[field[2:]] = amount
+        elif field.startswith("l:"):
+            name, _, value = field[2:].partition(_LABEL_SEP)
+            if name in stats.by_label:
+                stats.by_label[name][value] = amount
+    if stats.total:
+        stats.avg_duration_seconds = fields.get("d", 0) / 1000.0 / stats.total
+    return stats
+
+
+def _encode_cursor(score: str, member: str) -> str:
+    raw = msgspec.json.encode([score, member])
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        score, member = msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()))
+        float(score)
+        return str(score), str(member)
+    except (ValueError, TypeError, binascii.Error, msgspec.DecodeError):
+        raise ConfigurationError(
+            f"listing cursor {cursor!r} is not one this store returned; pass back next_cursor "
+            "exactly or start again without a cursor"
+        ) from None
+
+
+class RedisStore(Store):
+    """Sessions in Redis (standalone or Cluster). Safe for many processes (`shared`)."""
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_connections: int = 50,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        retries: int = 2,
+        buckets: int | None = None,
+        gc_margin: float = 86_400.0,
+        codec: Codec | None = None,
+        codec_format: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if codec is None and codec_format is not None:
+            if codec_format not in ("json", "msgpack"):
+                raise ConfigurationError(
+                    f"format={codec_format!r} is not valid; use 'json' or 'msgpack'"
+                )
+            codec = Codec(format=codec_format)  # type: ignore[arg-type]
+        super().__init__(codec=codec)
+        if not prefix or any(c in prefix for c in "{} \n"):
+            raise ConfigurationError(
+                f"Redis key prefix {prefix!r} is not valid: use a non-empty name without "
+                "braces or whitespace, e.g. prefix=mybot"
+            )
+        self.url = url
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in ("redis", "rediss", "redis+cluster"):
+            raise ConfigurationError(
+                f"RedisStore takes redis://, rediss:// or redis+cluster:// URLs, not {url!r}"
+            )
+        self.cluster = scheme == "redis+cluster"
+        if buckets is not None and not self.cluster:
+            raise ConfigurationError("buckets= applies to redis+cluster:// URLs only")
+        if self.cluster:
+            buckets = DEFAULT_CLUSTER_BUCKETS if buckets is None else buckets
+            if not 1 <= buckets <= 16384:
+                raise ConfigurationError(f"buckets={buckets} is not valid; use 1..16384")
+        for name, value in (
+            ("max_connections", max_connections), ("socket_timeout", socket_timeout),
+            ("connect_timeout", connect_timeout),
+        ):
+            if not value > 0:
+                raise ConfigurationError(f"{name}={value!r} must be positive")
+        if retries < 0:
+            raise ConfigurationError(f"retries={retries!r} must be 0 or more")
+        self.layout = _Layout(prefix, buckets)
+        self.prefix = prefix
+        self.max_connections = max_connections
+        self.socket_timeout = socket_timeout
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.gc_margin = gc_margin
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        """Build a store from a URL; query options (see the module docstring) and keyword
+        options are merged, keywords winning."""
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        aliases = {
+            "namespace": "prefix", "pool_size": "max_connections", "timeout": "socket_timeout",
+            "format": "codec_format",
+        }
+        converters: dict[str, Callable[[str], Any]] = {
+            "prefix": str, "max_connections": int, "socket_timeout": float,
+            "connect_timeout": float, "retries": int, "buckets": int, "gc_margin": float,
+            "codec_format": str,
+        }
+        kwargs: dict[str, Any] = {}
+        for name, value in query.items():
+            target = aliases.get(name, name)
+            if target not in converters:
+                known = ", ".join(sorted(set(converters) | set(aliases)))
+                raise ConfigurationError(
+                    f"unknown Redis store option {name!r}; use one of: {known}"
+                )
+            try:
+                kwargs[target] = converters[target](value)
+            except ValueError:
+                raise ConfigurationError(
+                    f"Redis store option {name}={value!r} is not valid"
+                ) from None
+        kwargs.update({aliases.get(k, k): v for k, v in options.items()})
+        bare = parts._replace(query="").geturl()
+        return cls(bare, **kwargs)
+
+    def _make_client(self) -> Any:
+        parts = urlsplit(self.url)
+        common: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_keepalive": True,
+            "health_check_interval": 30,
+            # Our own loop retries what is safe to retry; redis-py must not retry writes.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if parts.username:
+            common["username"] = unquote(parts.username)
+        if parts.password:
+            common["password"] = unquote(parts.password)
+        if self.cluster:
+            nodes = []
+            for item in parts.netloc.rpartition("@")[2].split(","):
+                host, _, port = item.strip().rpartition(":")
+                if not host or not port.isdigit():
+                    raise ConfigurationError(
+                        f"redis+cluster URL {self.url!r} must list host:port,host:port"
+                    )
+                nodes.append(ClusterNode(host.strip("[]"), int(port)))
+            return RedisCluster(
+                startup_nodes=nodes, max_connections=self.max_connections,
+                require_full_coverage=True, **common,
+            )
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=self.max_connections,
+            timeout=self.socket_timeout + self.connect_timeout, **common,
+        )
+        return aioredis.Redis(connection_pool=pool)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        client = self._make_client()
+        scripts = {
+            name: client.register_script(getattr(lua, name))
+            for name in ("LOAD", "LEASE_AND_LOAD", "RENEW", "RELEASE", "COMMIT", "REMOVE",
+                         "CLAIM_DUE", "SCAN")
+        }
+        self._client, self._scripts = client, scripts
+        try:
+            # Load every script up front so the first update already runs in one round trip.
+            await self._run(lambda: self._load_scripts(client), retry=True)
+        except StoreUnavailable:
+            self._client, self._scripts = None, {}
+            await self._dispose(client)
+            raise
+
+    async def _load_scripts(self, client: Any) -> None:
+        for script in self._scripts.values():
+            if self.cluster:
+                await client.script_load(script.script, target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await client.script_load(script.script)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await self._dispose(client)
+
+    @staticmethod
+    async def _dispose(client: Any) -> None:
+        try:
+            await client.aclose()
+        except Exception:  # closing a dead connection must not fail close()
+            log.debug("error while closing the Redis client", exc_info=True)
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._c.ping(), retry=True)
+
+    @property
+    def _c(self) -> Any:
+        if self._client is None:
+            raise StoreUnavailable("RedisStore is not open; call `await store.open()` first")
+        return self._client
+
+    async def _ensure(self) -> None:
+        if self._client is None:
+            await self.open()
+
+    # -- fault handling ---------------------------------------------------------------------
+
+    async def _run(self, call: Callable[[], Awaitable[T]], *, retry: bool) -> T:
+        """Run one request; connection faults become StoreUnavailable within a bounded time.
+
+        `retry` is true only for requests whose repetition is harmless (reads, lease scripts,
+        the commit script, which recognises its own earlier success). Each attempt is bounded by
+        the socket timeouts; attempts are separated by a short jittered backoff."""
+        attempts = 1 + (self.retries if retry else 0)
+        deadline = self.socket_timeout + self.connect_timeout + 1.0
+        for attempt in range(attempts):
+            try:
+                async with asyncio.timeout(deadline):
+                    return await call()
+            except _UNAVAILABLE as exc:
+                if attempt + 1 >= attempts:
+                    raise StoreUnavailable(
+                        f"Redis at {self._where()} did not answer ({type(exc).__name__}: {exc}); "
+                        "check that the server is running and reachable"
+                    ) from exc
+                log.debug("Redis request failed (%s); retrying", exc)
+                await asyncio.sleep(min(1.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _where(self) -> str:
+        return urlsplit(self.url).netloc.rpartition("@")[2] or "?"
+
+    async def _script(self, name: str, keys: list[str], args: list[Any], *, retry: bool) -> Any:
+        await self._ensure()
+        script = self._scripts[name]
+        return await self._run(lambda: script(keys=keys, args=args), retry=retry)
+
+    # -- records ----------------------------------------------------------------------------
+
+    def _decode(self, blob: bytes | None, key: str) -> SessionRecord | None:
+        if blob is None:
+            return None
+        return self.codec.decode(blob, key)
+
+    async def load(self, key: str) -> SessionRecord | None:
+        base = self.layout.base(key)
+        blob = await self._script("LOAD", [f"{base}:r", f"{base}:s:"], [], retry=True)
+        return self._decode(blob, key)
+
+    async def load_by_id(self, session_id: str) -> SessionRecord | None:
+        await self._ensure()
+        for bucket in self.layout.all_buckets:
+            ids = self.layout.index(bucket, "ids")
+            found = await self._run(partial(self._c.hget, ids, session_id), retry=True)
+            if found is None:
+                continue
+            key = _text(found)
+            row = f"{self.layout.base(key)}:s:{session_id}"
+            blob = await self._run(partial(self._c.hget, row, "b"), retry=True)
+            return self._decode(blob, key)
+        return None
+
+    async def commit(
+        self,
+        record: SessionRecord,
+        *,
+        expected: int,
+        lease: Lease | None = None,
+        release: bool = False,
+        history: HistoryChanges | None = None,
+    ) -> None:
+        key = record.key
+        if record.version != expected + 1:
+            raise ConflictError(key, expected, record.version - 1)
+        if lease is not None and lease.key != key:
+            raise ConfigurationError(f"lease for {lease.key!r} used to commit {key!r}")
+        blob = self.codec.encode(record)
+        layout = self.layout
+        bucket = layout.bucket(key)
+        base = layout.base(key)
+        sid = record.id
+        keys = [
+            f"{base}:r", f"{base}:s:{sid}", f"{base}:l", f"{base}:h:{sid}", f"{base}:m:{sid}",
+            *(layout.index(bucket, f"due:{kind}") for kind in DUE_KINDS),
+            layout.index(bucket, "list"), layout.index(bucket, "agg"), layout.index(bucket, "ids"),
+        ]
+        now = self.clock.now()
+        gc_ms = 0
+        if record.purge_at is not None:
+            gc_ms = max(1, math.ceil((record.purge_at - now + self.gc_margin) * 1000))
+        changes = history if history is not None else HistoryChanges()
+        dues = [record.due_at(kind) for kind in DUE_KINDS]
+        flow = record.flow
+        args: list[Any] = [
+            expected, record.version, sid, blob, _Contribution.of(record), record.status.value,
+            flow.name if flow else "", (flow.step or "") if flow else "",
+            _float(record.last_activity), f"{key} {sid}",
+            *("" if at is None else _float(at) for at in dues),
+            lease.owner if lease else "", lease.token if lease else 0, _float(now),
+            "1" if release else "0", gc_ms,
+            "" if changes.drop_messages_through is None else changes.drop_messages_through,
+            "1" if changes.drop_summaries else "0", key,
+            len(changes.append), len(changes.summaries),
+        ]
+        for message in changes.append:
+            args += [message.seq, self.codec.encode_message(message)]
+        for summary in changes.summaries:
+            args += [summary.end_seq, self.codec.encode_summary(summary)]
+        # Safe to retry: the script recognises a commit it already applied (same version, id
+        # and bytes) and answers success instead of a conflict.
+        status, value = await self._script("COMMIT", keys, args, retry=True)
+        if status == 1:
+            return
+        if status == -1:
+            assert lease is not None
+            raise LeaseLost(key, lease.token)
+        raise ConflictError(key, expected, int(value) or None)
+
+    def _remove_keys(self, key: str) -> list[str]:
+        layout = self.layout
+        bucket = layout.bucket(key)
+        base = layout.base(key)
+        return [
+            f"{base}:r", f"{base}:s:", f"{base}:h:", f"{base}:m:",
+            *(layout.index(bucket, f"due:{kind}") for kind in DUE_KINDS),
+            layout.index(bucket, "list"), layout.index(bucket, "agg"),
+            layout.index(bucket, "ids"), layout.index(bucket, "quarantine"),
+        ]
+
+    async def delete(self, key: str, session_id: str | None = None) -> bool:
+        args = [key, session_id or "", "delete", "", 0, QUARANTINE_CAP]
+        removed = await self._script("REMOVE", self._remove_keys(key), args, retry=True)
+        return bool(removed)
+
+    async def quarantine(self, key: str, raw: bytes, reason: str) -> None:
+        entry = msgspec.msgpack.encode(
+            {"key": key, "reason": reason, "at": self.clock.now(), "raw": raw}
+        )
+        args = [key, "", "quarantine", entry, int(QUARANTINE_KEEP * 1000), QUARANTINE_CAP]
+        # Not retried: a repeat would file the record twice.
+        await self._script("REMOVE", self._remove_keys(key), args, retry=False)
+
+    async def list_quarantined(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        await self._ensure()
+        found: list[dict[str, Any]] = []
+        for bucket in self.layout.all_buckets:
+            name = self.layout.index(bucket, "quarantine")
+            raw = await self._run(partial(self._c.lrange, name, 0, limit - 1), retry=True)
+            for item in raw:
+                entry = msgspec.msgpack.decode(item)
+                entry["raw"] = bytes(entry.get("raw", b""))
+                found.append(entry)
+        found.sort(key=lambda e: e.get("at", 0.0), reverse=True)
+        return found[:limit]
+
+    # -- listing and counting (server side, never loading every record) ----------------------
+
+    async def _scan(
+        self, bucket: int, filter: SessionFilter, mode: str, want: int,
+        start: tuple[str, str] | None,
+    ) -> tuple[bool, tuple[str, str], list[Any]]:
+        head, tail = self.layout.row_head_tail(bucket)
+        max_score = "+inf" if filter.updated_before is None else f"({_float(filter.updated_before)}"
+        after = ""
+        if start is not None:
+            max_score, after = start
+        min_score = "-inf" if filter.updated_since is None else _float(filter.updated_since)
+        args = [
+            max_score, after, min_score, SCAN_BUDGET, want, mode, head, tail,
+            *(getattr(filter, name) or "" for name in _FILTER_FIELDS),
+        ]
+        result = await self._script(
+            "SCAN", [self.layout.index(bucket, "list")], args, retry=True
+        )
+        done = _text(result[0]) == "1"
+        last = (_text(result[1]), _text(result[2]))
+        return done, last, result[3:]
+
+    async def list(
+        self, filter: SessionFilter | None = None, *, limit: int = 100, cursor: str | None = None
+    ) -> Page:
+        if limit <= 0:
+            return Page(items=[], next_cursor=None)
+        flt = filter or SessionFilter()
+        start = _decode_cursor(cursor) if cursor else None
+        # Each bucket yields its matches newest first; merge them and keep the newest `limit`.
+        matches: list[tuple[float, str, bytes]] = []
+        more = False
+        for bucket in self.layout.all_buckets:
+            position, got = start, 0
+            while got < limit + 1:
+                done, last, rows = await self._scan(bucket, flt, "list", limit + 1 - got, position)
+                for i in range(0, len(rows), 3):
+                    matches.append((float(rows[i + 1]), _text(rows[i]), rows[i + 2]))
+                    got += 1
+                if done:
+                    break
+                position = last
+        matches.sort(key=lambda m: (m[0], m[1]), reverse=True)
+        if len(matches) > limit:
+            more = True
+            matches = matches[:limit]
+        items: list[SessionRecord] = []
+        for _score, member, blob in matches:
+            try:
+                items.append(self.codec.decode(blob, member.partition(" ")[0]))
+            except CorruptRecordError:
+                log.warning("listing skipped unreadable session %s", member)
+        next_cursor = None
+        if more and matches:
+            score, member, _ = matches[-1]
+            next_cursor = _encode_cursor(_float(score), member)
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def _aggregate(self, filter: SessionFilter | None) -> dict[str, int]:
+        await self._ensure()
+        totals: dict[str, int] = {}
+        if filter is None or not any(getattr(filter, f) is not None for f in _ALL_FILTERS):
+            for bucket in self.layout.all_buckets:
+                name = self.layout.index(bucket, "agg")
+                fields = await self._run(partial(self._c.hgetall, name), retry=True)
+                for field, amount in fields.items():
+                    totals[_text(field)] = totals.get(_text(field), 0) + int(amount)
+            return totals
+        for bucket in self.layout.all_buckets:
+            position = None
+            while True:
+                done, last, flat = await self._scan(bucket, filter, "agg", 1 << 30, position)
+                for i in range(0, len(flat), 2):
+                    field = _text(flat[i])
+                    totals[field] = totals.get(field, 0) + int(flat[i + 1])
+                if done:
+                    break
+                position = last
+        return totals
+
+    async def count(self, filter: SessionFilter | None = None) -> SessionStats:
+        full = _stats_from(await self._aggregate(filter), ())
+        return SessionStats(
+            total=full.total, by_status=full.by_status, by_platform=full.by_platform
+        )
+
+    async def stats(
+        self, filter: SessionFilter | None = None, *, labels: Sequence[str] = ()
+    ) -> SessionStats:
+        return _stats_from(await self._aggregate(filter), labels)
+
+    # -- history ----------------------------------------------------------------------------
+
+    def _history_key(self, ref: SessionRef, kind: str) -> str:
+        return f"{self.layout.base(ref.key)}:{kind}:{ref.id}"
+
+    async def read_tail(
+        self, ref: SessionRef, limit: int, *, before_seq: int | None = None
+    ) -> builtins.list[Message]:
+        if limit <= 0:
+            return []
+        await self._ensure()
+        name = self._history_key(ref, "h")
+        top = "+inf" if before_seq is None else f"({before_seq}"
+        raw = await self._run(
+            lambda: self._c.zrevrangebyscore(name, top, "-inf", start=0, num=limit), retry=True
+        )
+        return [self.codec.decode_message(item) for item in reversed(raw)]
+
+    async def read_range(
+        self, ref: SessionRef, start_seq: int, end_seq: int
+    ) -> builtins.list[Message]:
+        await self._ensure()
+        name = self._history_key(ref, "h")
+        raw = await self._run(lambda: self._c.zrangebyscore(name, start_seq, end_seq), retry=True)
+        return [self.codec.decode_message(item) for item in raw]
+
+    async def count_messages(self, ref: SessionRef) -> int:
+        await self._ensure()
+        name = self._history_key(ref, "h")
+        count: int = await self._run(lambda: self._c.zcard(name), retry=True)
+        return count
+
+    async def list_summaries(self, ref: SessionRef) -> builtins.list[Summary]:
+        await self._ensure()
+        name = self._history_key(ref, "m")
+        raw = await self._run(lambda: self._c.zrange(name, 0, -1), retry=True)
+        return [self.codec.decode_summary(item) for item in raw]
+
+    # -- due index --------------------------------------------------------------------------
+
+    async def claim_due(
+        self, kind: str, now: float, limit: int, *, claim_seconds: float = 30.0
+    ) -> builtins.list[DueItem]:
+        if kind not in DUE_KINDS:
+            raise ConfigurationError(f"unknown due kind {kind!r}; use one of {DUE_KINDS}")
+        items: list[DueItem] = []
+        buckets = self.layout.all_buckets
+        first = random.randrange(len(buckets))  # no bucket starves the others
+        for bucket in buckets[first:] + buckets[:first]:
+            if len(items) >= limit:
+                break
+            name = self.layout.index(bucket, f"due:{kind}")
+            # Retrying is safe: at worst an answer lost in transit hides its items until
+            # `claim_seconds` have passed, as for a crashed claimer.
+            flat = await self._script(
+                "CLAIM_DUE", [name],
+                [_float(now), limit - len(items), _float(now + claim_seconds)], retry=True,
+            )
+            for i in range(0, len(flat), 2):
+                key, _, sid = _text(flat[i]).partition(" ")
+                items.append(DueItem(key=key, session_id=sid, kind=kind, due_at=float(flat[i + 1])))
+        return items
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def lease_and_load(
+        self, key: str, owner: str, ttl: float
+    ) -> tuple[Lease | None, SessionRecord | None]:
+        base = self.layout.base(key)
+        now = self.clock.now()
+        expires = now + ttl
+        backstop = int((ttl + LEASE_KEY_BACKSTOP) * 1000)
+        # Retrying is safe: a second try by the same owner takes the lease again (new token).
+        token, blob = await self._script(
+            "LEASE_AND_LOAD", [f"{base}:l", f"{base}:r", f"{base}:s:"],
+            [owner, _float(now), _float(expires), backstop], retry=True,
+        )
+        if token == 0:
+            return None, None
+        lease = Lease(key=key, owner=owner, token=int(token), expires_at=expires)
+        try:
+            return lease, self._decode(blob, key)
+        except CorruptRecordError as exc:
+            raise corrupt_with_lease(exc, lease) from None
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        now = self.clock.now()
+        expires = now + ttl
+        ok = await self._script(
+            "RENEW", [f"{self.layout.base(lease.key)}:l"],
+            [lease.owner, lease.token, _float(now), _float(expires),
+             int((ttl + LEASE_KEY_BACKSTOP) * 1000)],
+            retry=True,
+        )
+        if not ok:
+            return None
+        return Lease(key=lease.key, owner=lease.owner, token=lease.token, expires_at=expires)
+
+    async def release(self, lease: Lease) -> None:
+        await self._script(
+            "RELEASE", [f"{self.layout.base(lease.key)}:l"], [lease.owner, lease.token],
+            retry=True,
+        )
+
+    # -- counters ---------------------------------------------------------------------------
+
+    async def incr(self, counters: dict[str, int]) -> None:
+        if not counters:
+            return
+        await self._ensure()
+        name = self.layout.counters()
+
+        async def apply() -> None:
+            async with self._c.pipeline(transaction=True) as pipe:
+                for field, amount in counters.items():
+                    pipe.hincrby(name, field, int(amount))
+                await pipe.execute()
+
+        # Not retried: a lost answer could hide an applied increment.
+        await self._run(apply, retry=False)
+
+    async def read_counters(self, prefix: str = "") -> dict[str, int]:
+        await self._ensure()
+        name = self.layout.counters()
+        raw = await self._run(lambda: self._c.hgetall(name), retry=True)
+        out = {_text(k): int(v) for k, v in raw.items()}
+        return {k: v for k, v in out.items() if k.startswith(prefix)}
+
+
+def default_owner() -> str:
+    """An owner name unique to this process (host, pid and a random part)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
