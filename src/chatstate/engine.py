@@ -94,15 +94,18 @@ class SessionManager:
     # -- public API -------------------------------------------------------------------------
 
     def session(
-        self, key: SessionKey | str, *, message: bool = True, create: bool = True
+        self, key: SessionKey | str, *, message: bool = True, create: bool = True,
+        expire: bool = True,
     ) -> _SessionContext:
         """Open the session of `key` for one update: ``async with manager.session(k) as s``.
 
         `message=True` counts an incoming message and moves the idle deadline; use False for
         background or operator access (then nothing is written unless something changed).
         With `create=False` a missing session yields None-like behaviour: `LookupError`.
+        `expire=False` hands over an active record even when it is past its deadline (the
+        lifecycle runner uses it to expire the session itself, hooks first).
         """
-        return _SessionContext(self, SessionKey.coerce(key), message, create)
+        return _SessionContext(self, SessionKey.coerce(key), message, create, expire)
 
     async def update(
         self,
@@ -245,18 +248,21 @@ class _SessionContext:
     """The `async with manager.session(key)` block for one update."""
 
     __slots__ = (
-        "create", "expected", "key", "ks", "lease", "manager", "message", "renewer", "session",
-        "snapshot",
+        "create", "expected", "expire", "extended", "key", "ks", "lease", "manager", "message",
+        "renewer", "session", "snapshot",
     )
 
     def __init__(
-        self, manager: SessionManager, key: SessionKey, message: bool, create: bool
+        self, manager: SessionManager, key: SessionKey, message: bool, create: bool,
+        expire: bool = True,
     ) -> None:
         self.manager = manager
         self.key = key
         self.ks = str(key)
         self.message = message
         self.create = create
+        self.expire = expire
+        self.extended = 0.0
         self.lease: Lease | None = None
         self.renewer: asyncio.TimerHandle | None = None
         self.snapshot: bytes | None = None
@@ -325,7 +331,7 @@ class _SessionContext:
         m = self.manager
         now = m.clock.now()
         previous = record
-        if record is not None and m.policy.is_expired(record, now):
+        if self.expire and record is not None and m.policy.is_expired(record, now):
             record = await self._expire_late(record)
             previous = record
         if record is not None and record.status is Status.ACTIVE:
@@ -371,7 +377,7 @@ class _SessionContext:
         now = m.clock.now()
         if self.message:
             record.counters.consecutive_errors = 0
-            m.policy.touch(record, now)
+            self.extended = m.policy.touch(record, now) or 0.0
         elif record.status is not Status.ACTIVE:
             m.policy.closed(record, now)
         elif session.created:
@@ -400,6 +406,11 @@ class _SessionContext:
             await bus.emit(
                 Event(name=ev.SESSION_CLOSED, key=self.ks, session_id=record.id, at=now,
                       data={"reason": record.close_reason})
+            )
+        if self.extended:
+            await bus.emit(
+                Event(name=ev.SESSION_EXTENDED, key=self.ks, session_id=record.id, at=now,
+                      data={"seconds": self.extended, "expires_at": record.expires_at})
             )
         marker = session.temp.get("_event")
         if marker:
