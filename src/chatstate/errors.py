@@ -125,3 +125,7 @@ class ContextOverflow(ChatstateError, ValueError):
 
 class SummaryError(ChatstateError):
     """A summariser failed or returned something unusable; the history was left untouched."""
+
+
+class InvalidMessageError(ChatstateError, ValueError):
+    """A history message is malformed (unknown role, tool result without its call id, ...)."""
