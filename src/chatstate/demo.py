@@ -1,0 +1,104 @@
+"""The demo bot: a tiny chat bot that shows what a session is.
+
+It asks for the user's name, remembers it and counts the messages, across restarts when the
+store is durable. `/whoami` shows the session, `/reset` forgets it. The terminal demo
+(`chatstate demo`) and the web-chat demo both drive this class: it takes an `Incoming` and
+returns `Outgoing` replies, and knows nothing of the platform.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from .engine import SessionManager
+from .model import Incoming, Message, Outgoing, SessionKey, SessionRecord
+from .policy import LifecyclePolicy
+
+HELP = (
+    "I remember your name and count your messages, even after a restart.\n"
+    "Commands: /whoami shows your session, /reset forgets you, /help shows this"
+)
+
+# The name survives an idle timeout (a new session starts, but it still knows you); /reset
+# deletes the session for good.
+DEMO_POLICY = LifecyclePolicy(carry_over=("name",))
+DEMO_DEFAULTS = {"name": None, "count": 0}
+
+
+class DemoBot:
+    """Replies to one update at a time; every reply comes out of one committed session update."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+
+    @staticmethod
+    def key_for(incoming: Incoming) -> SessionKey:
+        return SessionKey.user(incoming.platform, incoming.user_id or "anonymous")
+
+    async def reply(self, incoming: Incoming) -> list[Outgoing]:
+        key = self.key_for(incoming)
+        command = incoming.command
+        if command == "reset":
+            # clear() deletes the session with its history; it takes the key's lock itself,
+            # so it runs outside a session block.
+            await self.manager.clear(key)
+            async with self.manager.session(key, message=False) as s:
+                s.state = "asking_name"  # a brand-new session (new id) that waits for a name
+            return [Outgoing(text="I forgot everything about you. What's your name?")]
+        if command == "whoami":
+            record = await self.manager.get(key)
+            return [Outgoing(text=describe(record))]
+        if command in ("help", "start"):
+            return [Outgoing(text=HELP)]
+
+        text = (incoming.text or incoming.payload or "").strip()
+        # An empty text (the terminal demo's greeting) is not a message from the user.
+        async with self.manager.session(key, message=bool(text)) as s:
+            if text:
+                s.append(Message(role="user", content=text))
+            name = s.data.get("name")
+            if name is None:
+                if s.state == "asking_name" and text:
+                    s.data["name"] = name = text[:60]
+                    s.state = None
+                    answer = f"Nice to meet you, {name}! Say anything; /whoami shows your session."
+                else:
+                    s.state = "asking_name"
+                    answer = "Hello! I am the chatstate demo bot. What's your name?"
+            else:
+                s.data["count"] = count = int(s.data.get("count") or 0) + 1
+                answer = f"{name}, that is message number {count} you sent me."
+                if text:
+                    answer += f" You said: {text}"
+            s.append(Message(role="assistant", content=answer))
+        return [Outgoing(text=answer)]
+
+
+def describe(record: SessionRecord | None) -> str:
+    """A few lines that show what the session holds."""
+    if record is None:
+        return "You have no session yet: say something."
+    lines = [
+        f"key:           {record.key}",
+        f"session id:    {record.id}",
+        f"status:        {record.status.value}",
+        f"state:         {record.state or '-'}",
+        f"name:          {record.data.get('name') or '-'}",
+        f"count:         {record.data.get('count', 0)}",
+        f"messages:      {record.counters.messages}",
+        f"version:       {record.version}",
+        f"created:       {_when(record.created_at)}",
+        f"last activity: {_when(record.last_activity)}",
+    ]
+    if record.expires_at is not None:
+        lines.append(f"expires:       {_when(record.expires_at)}")
+    return "\n".join(lines)
+
+
+def _when(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def demo_manager(store_url: str | None) -> SessionManager:
+    """The manager the demo bot runs on: the demo's policy and defaults on `store_url`."""
+    return SessionManager(store_url, policy=DEMO_POLICY, defaults=DEMO_DEFAULTS)
