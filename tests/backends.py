@@ -8,8 +8,10 @@ CI=true: a missing service must never hide behind a skip there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -52,3 +54,100 @@ def backend(name: str) -> Callable[[StoreFactory], StoreFactory]:
 
 async def _noop() -> AsyncIterator[None]:  # pragma: no cover - keeps the typing import used
     yield None
+
+
+# -- Redis (standalone on the machine's server, and a test-owned 3-master Cluster) -------------
+
+async def _drop_redis_keys(store: Store, prefix: str) -> None:
+    """Delete every key of one test's prefix (SCAN, never KEYS; every node of a Cluster)."""
+    client = store._client  # type: ignore[attr-defined]
+    if client is None:
+        return
+    async for name in client.scan_iter(match=f"{prefix}:*", count=1000):
+        await client.unlink(name)
+
+
+def _redis_factory(url: Callable[[], str]) -> StoreFactory:
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[Store]:
+        from chatstate.stores.redis import RedisStore
+
+        prefix = f"cstest{uuid.uuid4().hex[:12]}"
+        store = RedisStore.from_url(url(), prefix=prefix)
+        await store.open()
+        try:
+            yield store
+        finally:
+            try:
+                if store._client is None:  # closed by the test: reopen to clean up
+                    await store.open()
+                await _drop_redis_keys(store, prefix)
+            finally:
+                await store.close()
+
+    return factory
+
+
+def _standalone_url() -> str:
+    host_port = REDIS_URL.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+    host, _, port = host_port.rpartition(":")
+    require_service("Redis", host or "127.0.0.1", int(port or 6379))
+    return REDIS_URL
+
+
+def _cluster_url() -> str:
+    if __package__:  # imported as tests.backends
+        from .redis_servers import require_redis_binaries, shared_cluster
+    else:  # imported with tests/ on sys.path (pytest's default rootdir insertion)
+        from redis_servers import require_redis_binaries, shared_cluster
+
+    require_redis_binaries()
+    return shared_cluster().url
+
+
+backend("redis")(_redis_factory(_standalone_url))
+backend("redis_cluster")(_redis_factory(_cluster_url))
+
+
+# -- PostgreSQL (owner: the PostgresStore helper) ---------------------------------------------
+
+
+async def drop_postgres_schema(schema: str) -> None:
+    """Drop a test schema and everything in it."""
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def require_postgres() -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(POSTGRES_URL)
+    require_service("PostgreSQL", parts.hostname or "127.0.0.1", parts.port or 5432)
+
+
+@backend("postgres")
+def postgres_store() -> AbstractAsyncContextManager[Store]:
+    """A PostgresStore in a schema of its own (cs_test_<random>), dropped afterwards."""
+    import uuid
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[Store]:
+        require_postgres()
+        from chatstate.stores.postgres import PostgresStore
+
+        schema = f"cs_test_{uuid.uuid4().hex[:12]}"
+        store = PostgresStore.from_url(POSTGRES_URL, schema=schema)
+        try:
+            await store.open()
+            yield store
+        finally:
+            await store.close()
+            await drop_postgres_schema(schema)
+
+    return factory()

@@ -395,11 +395,9 @@ class RedisStore(Store):
             raise
 
     async def _load_scripts(self, client: Any) -> None:
+        # (On Cluster, redis-py sends SCRIPT LOAD to every primary.)
         for script in self._scripts.values():
-            if self.cluster:
-                await client.script_load(script.script, target_nodes=RedisCluster.PRIMARIES)
-            else:
-                await client.script_load(script.script)
+            await client.script_load(script.script)
 
     async def close(self) -> None:
         client, self._client = self._client, None
