@@ -1,0 +1,360 @@
+"""The versioned PostgreSQL schema of `PostgresStore`: an ordered list of migrations.
+
+Each migration is a version number, a one-line description and SQL steps. `{schema}` in a step
+is replaced by the quoted schema name. The versions applied to a schema are rows of its
+`chatstate_migrations` table; `apply_migrations` runs the missing ones in order, each in its own
+transaction, under an advisory lock so that several processes starting at once migrate once.
+
+Never edit a migration that has shipped: add a new one. A schema whose newest applied version
+is above `LATEST_VERSION` was written by newer code; it is refused with `SchemaError` and left
+untouched.
+
+Time columns are float8 seconds since the epoch, like the record. `warn_at`, `expires_at` and
+`purge_at` on `sessions` are the *due index* (the record's `due_at(kind)`), not copies of the
+record's fields: `claim_due` pushes them forward, and each commit rewrites them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigurationError, SchemaError
+
+SCHEMA_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+MIGRATIONS_TABLE = "chatstate_migrations"
+
+log = logging.getLogger("chatstate.stores.postgres")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    steps: tuple[str, ...]
+
+
+def quote_schema(schema: str) -> str:
+    """The schema name as a quoted SQL identifier, after checking it is a plain name."""
+    if not isinstance(schema, str) or not SCHEMA_NAME_RE.match(schema):
+        raise ConfigurationError(
+            f"PostgreSQL schema name {schema!r} is not valid: use lowercase letters, digits and "
+            "'_' (at most 63 characters, not starting with a digit), e.g. ?schema=chatstate"
+        )
+    return f'"{schema}"'
+
+
+_V1_TABLES = """
+CREATE SEQUENCE {schema}.lease_token;
+
+CREATE TABLE {schema}.sessions (
+    id            text PRIMARY KEY,
+    key           text NOT NULL,
+    is_current    boolean NOT NULL,
+    status        text NOT NULL,
+    platform      text NOT NULL,
+    scope         text NOT NULL,
+    flow          text,
+    step          text,
+    created_at    float8 NOT NULL,
+    last_activity float8 NOT NULL,
+    warn_at       float8,
+    expires_at    float8,
+    purge_at      float8,
+    close_reason  text,
+    messages      bigint NOT NULL DEFAULT 0,
+    tokens        bigint NOT NULL DEFAULT 0,
+    history_count bigint NOT NULL DEFAULT 0,
+    labels        jsonb NOT NULL DEFAULT '{{}}',
+    version       bigint NOT NULL,
+    record        jsonb NOT NULL
+);
+-- One current record per key; replaced sessions stay (is_current = false) until purged.
+CREATE UNIQUE INDEX sessions_current_key ON {schema}.sessions (key) WHERE is_current;
+-- Listing newest first with a keyset cursor (btree scans backwards).
+CREATE INDEX sessions_listing ON {schema}.sessions (last_activity, id);
+-- The due index: partial, so that claiming costs what is due, not what is stored.
+CREATE INDEX sessions_due_warn ON {schema}.sessions (warn_at) WHERE warn_at IS NOT NULL;
+CREATE INDEX sessions_due_expire ON {schema}.sessions (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX sessions_due_purge ON {schema}.sessions (purge_at) WHERE purge_at IS NOT NULL;
+
+CREATE TABLE {schema}.messages (
+    session_id text NOT NULL,
+    seq        bigint NOT NULL,
+    tokens     integer NOT NULL DEFAULT 0,
+    record     jsonb NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+
+CREATE TABLE {schema}.summaries (
+    session_id text NOT NULL,
+    start_seq  bigint NOT NULL,
+    end_seq    bigint NOT NULL,
+    record     jsonb NOT NULL,
+    PRIMARY KEY (session_id, end_seq, start_seq)
+);
+
+-- Active leases only: a released lease is deleted. Fencing tokens come from one sequence, so
+-- they grow per key even across releases.
+CREATE TABLE {schema}.leases (
+    key        text PRIMARY KEY,
+    owner      text NOT NULL,
+    token      bigint NOT NULL,
+    expires_at float8 NOT NULL
+);
+
+CREATE TABLE {schema}.counters (
+    name  text PRIMARY KEY,
+    value bigint NOT NULL
+);
+
+CREATE TABLE {schema}.quarantine (
+    id     bigserial PRIMARY KEY,
+    key    text NOT NULL,
+    reason text NOT NULL,
+    at     float8 NOT NULL,
+    raw    bytea NOT NULL
+);
+"""
+
+# Take the lease (free, expired, or already ours) and read the current record in one round
+# trip. A function rather than one CTE statement because of snapshots: a statement reads the
+# record as of its start, so when it waited for the previous holder's commit-and-release it
+# would return the record *before* that commit. Inside a plpgsql function each statement takes
+# a fresh snapshot (READ COMMITTED), so the SELECT sees what the previous holder committed.
+_V1_LEASE_AND_LOAD = """
+CREATE FUNCTION {schema}.lease_and_load(p_key text, p_owner text, p_ttl float8, p_now float8)
+RETURNS TABLE (o_token bigint, o_expires_at float8, o_record jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now float8 := coalesce(p_now, extract(epoch FROM clock_timestamp()));
+BEGIN
+    INSERT INTO {schema}.leases AS l (key, owner, token, expires_at)
+    VALUES (p_key, p_owner, nextval('{schema}.lease_token'), v_now + p_ttl)
+    ON CONFLICT (key) DO UPDATE
+        SET owner = excluded.owner, token = excluded.token, expires_at = excluded.expires_at
+        WHERE l.expires_at <= v_now OR l.owner = excluded.owner
+    RETURNING l.token, l.expires_at INTO o_token, o_expires_at;
+    IF NOT FOUND THEN
+        RETURN;  -- held by another owner: no row
+    END IF;
+    SELECT s.record INTO o_record FROM {schema}.sessions s WHERE s.key = p_key AND s.is_current;
+    RETURN NEXT;
+END
+$$;
+"""
+
+# Commit-and-release in one round trip: fencing check, compare-and-set on the version, the
+# record's row and its due index, history changes, lease release; all in the statement's
+# transaction, so it happens whole or not at all. outcome: 0 written (or written already by an
+# earlier attempt of the same commit, which makes a retry after a lost answer safe), 1 lease
+# lost, 2 version conflict (actual = the stored version, NULL when there is no current record).
+# A concurrent first commit of the same key surfaces as a unique violation, which the store
+# reports as a conflict too.
+_V1_COMMIT = """
+CREATE FUNCTION {schema}.commit_session(
+    p_key text, p_id text, p_expected bigint, p_version bigint,
+    p_status text, p_platform text, p_scope text, p_flow text, p_step text,
+    p_created_at float8, p_last_activity float8,
+    p_warn_at float8, p_expires_at float8, p_purge_at float8,
+    p_close_reason text, p_messages bigint, p_tokens bigint, p_record jsonb,
+    p_lease_token bigint, p_release boolean, p_now float8,
+    p_append jsonb, p_summaries jsonb, p_drop_through bigint, p_drop_summaries boolean,
+    OUT outcome integer, OUT actual bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now float8 := coalesce(p_now, extract(epoch FROM clock_timestamp()));
+    v_current text;
+    v_same boolean;
+    v_added bigint := 0;
+    v_dropped bigint := 0;
+BEGIN
+    outcome := 0;
+    -- The session row first, then the lease row: every statement that locks both does so in
+    -- this order (lease_and_load, renew and release lock only the lease), so no deadlock.
+    SELECT s.id, s.version INTO v_current, actual
+        FROM {schema}.sessions s WHERE s.key = p_key AND s.is_current FOR UPDATE;
+    IF actual = p_version AND v_current = p_id THEN
+        SELECT s.record = p_record INTO v_same FROM {schema}.sessions s WHERE s.id = p_id;
+        IF v_same THEN
+            RETURN;  -- this very commit was applied by an earlier attempt whose answer was lost
+        END IF;
+    END IF;
+    IF p_lease_token IS NOT NULL THEN
+        PERFORM 1 FROM {schema}.leases l
+            WHERE l.key = p_key AND l.token = p_lease_token AND l.expires_at > v_now
+            FOR UPDATE;
+        IF NOT FOUND THEN
+            outcome := 1;
+            RETURN;
+        END IF;
+    END IF;
+    IF coalesce(actual, 0) <> p_expected THEN
+        outcome := 2;
+        RETURN;
+    END IF;
+
+    IF p_append IS NOT NULL THEN
+        INSERT INTO {schema}.messages (session_id, seq, tokens, record)
+            SELECT p_id, (m ->> 'seq')::bigint, coalesce((m ->> 'tokens')::integer, 0), m
+            FROM jsonb_array_elements(p_append) AS m;
+        GET DIAGNOSTICS v_added = ROW_COUNT;
+    END IF;
+    IF p_drop_through IS NOT NULL THEN
+        DELETE FROM {schema}.messages WHERE session_id = p_id AND seq <= p_drop_through;
+        GET DIAGNOSTICS v_dropped = ROW_COUNT;
+    END IF;
+    IF p_drop_summaries THEN
+        DELETE FROM {schema}.summaries WHERE session_id = p_id;
+    END IF;
+    IF p_summaries IS NOT NULL THEN
+        INSERT INTO {schema}.summaries (session_id, start_seq, end_seq, record)
+            SELECT p_id, (m ->> 'start_seq')::bigint, (m ->> 'end_seq')::bigint, m
+            FROM jsonb_array_elements(p_summaries) AS m
+        ON CONFLICT (session_id, end_seq, start_seq) DO UPDATE SET record = excluded.record;
+    END IF;
+
+    IF v_current = p_id THEN
+        UPDATE {schema}.sessions SET
+            status = p_status, flow = p_flow, step = p_step,
+            created_at = p_created_at, last_activity = p_last_activity,
+            warn_at = p_warn_at, expires_at = p_expires_at, purge_at = p_purge_at,
+            close_reason = p_close_reason, messages = p_messages, tokens = p_tokens,
+            history_count = history_count + v_added - v_dropped,
+            labels = coalesce(p_record -> 'labels', '{{}}'::jsonb),
+            version = p_version, record = p_record
+        WHERE id = p_id;
+    ELSE
+        IF v_current IS NOT NULL THEN
+            UPDATE {schema}.sessions SET is_current = false WHERE id = v_current;
+        END IF;
+        INSERT INTO {schema}.sessions (
+            id, key, is_current, status, platform, scope, flow, step, created_at,
+            last_activity, warn_at, expires_at, purge_at, close_reason, messages, tokens,
+            history_count, labels, version, record)
+        VALUES (
+            p_id, p_key, true, p_status, p_platform, p_scope, p_flow, p_step, p_created_at,
+            p_last_activity, p_warn_at, p_expires_at, p_purge_at, p_close_reason, p_messages,
+            p_tokens, greatest(v_added - v_dropped, 0),
+            coalesce(p_record -> 'labels', '{{}}'::jsonb), p_version, p_record);
+    END IF;
+
+    IF p_release AND p_lease_token IS NOT NULL THEN
+        DELETE FROM {schema}.leases WHERE key = p_key AND token = p_lease_token;
+    END IF;
+END
+$$;
+"""
+
+# Version 2: keyword search over history with PostgreSQL full-text search. The text of a
+# message (a string, or the "text" of its content parts) is indexed with the 'simple'
+# configuration (lowercased words, no stemming: chat text is multilingual). A stored generated
+# column backfills existing messages while migrating and needs no change to the commit.
+_V2_SEARCH = (
+    """
+CREATE FUNCTION {schema}.message_text(m jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE jsonb_typeof(m -> 'content')
+        WHEN 'string' THEN m ->> 'content'
+        WHEN 'array' THEN (
+            SELECT coalesce(string_agg(p ->> 'text', ' '), '')
+            FROM jsonb_array_elements(m -> 'content') AS p
+            WHERE jsonb_typeof(p) = 'object')
+        ELSE '' END
+$$;
+""",
+    """
+ALTER TABLE {schema}.messages ADD COLUMN tsv tsvector
+    GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, {schema}.message_text(record))) STORED;
+""",
+    "CREATE INDEX messages_tsv ON {schema}.messages USING gin (tsv);",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "sessions, history, summaries, leases, counters, quarantine",
+              (_V1_TABLES, _V1_LEASE_AND_LOAD, _V1_COMMIT)),
+    Migration(2, "full-text search over message history", _V2_SEARCH),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def render(step: str, schema: str) -> str:
+    return step.format(schema=quote_schema(schema))
+
+
+def lock_id(schema: str) -> int:
+    """A stable advisory-lock id for migrating one schema (signed 64-bit)."""
+    return zlib.crc32(f"chatstate-migrate:{schema}".encode()) - 2**31
+
+
+def check_not_newer(applied: list[int], schema: str) -> None:
+    newer = [v for v in applied if v > LATEST_VERSION]
+    if newer:
+        raise SchemaError(
+            f"PostgreSQL schema {schema!r} is at version {max(newer)}, newer than this chatstate "
+            f"(which knows up to {LATEST_VERSION}); upgrade chatstate. Nothing was changed"
+        )
+
+
+async def applied_versions(conn: Any, schema: str) -> list[int] | None:
+    """Versions applied to `schema`, or None when it has no migrations table."""
+    table = f"{quote_schema(schema)}.{MIGRATIONS_TABLE}"
+    if await conn.fetchval("SELECT to_regclass($1)", table) is None:
+        return None
+    rows = await conn.fetch(f"SELECT version FROM {table} ORDER BY version")
+    return [int(r["version"]) for r in rows]
+
+
+async def apply_migrations(conn: Any, schema: str, *, upgrade: bool = True) -> list[int]:
+    """Bring `schema` to `LATEST_VERSION` in one transaction; return the versions applied.
+
+    With `upgrade=False` an outdated schema raises `SchemaError` instead (nothing changed).
+    """
+    quoted = quote_schema(schema)
+    table = f"{quoted}.{MIGRATIONS_TABLE}"
+    async with conn.transaction():
+        # Serialises concurrent migrators (several processes starting at once).
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_id(schema))
+        applied = await applied_versions(conn, schema)
+        if applied is None:
+            foreign = await conn.fetchval(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm')",
+                schema,
+            )
+            if foreign:
+                raise SchemaError(
+                    f"PostgreSQL schema {schema!r} holds tables that chatstate did not create "
+                    f"(no {MIGRATIONS_TABLE} table); choose another schema with ?schema=<name>. "
+                    "Nothing was changed"
+                )
+            applied = []
+        check_not_newer(applied, schema)
+        pending = [m for m in MIGRATIONS if m.version not in applied]
+        if not pending:
+            return []
+        if not upgrade:
+            raise SchemaError(
+                f"PostgreSQL schema {schema!r} is at version {max(applied, default=0)}, this "
+                f"chatstate needs {LATEST_VERSION}; run `chatstate db upgrade <url>`. "
+                "Nothing was changed"
+            )
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (version integer PRIMARY KEY, "
+            "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in pending:
+            for step in migration.steps:
+                await conn.execute(render(step, schema))
+            await conn.execute(
+                f"INSERT INTO {table} (version, description) VALUES ($1, $2)",
+                migration.version,
+                migration.description,
+            )
+            log.info("PostgreSQL schema %s: applied migration %d (%s)",
+                     schema, migration.version, migration.description)
+    return [m.version for m in pending]
