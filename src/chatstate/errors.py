@@ -129,3 +129,7 @@ class SummaryError(ChatstateError):
 
 class InvalidMessageError(ChatstateError, ValueError):
     """A history message is malformed (unknown role, tool result without its call id, ...)."""
+
+
+class InvalidExportError(ChatstateError, ValueError):
+    """An export file (JSON Lines) is malformed or from a newer format version."""
