@@ -124,6 +124,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 _FILTER_FIELDS = ("status", "platform", "scope", "flow", "step", "key_prefix")
 _ALL_FILTERS = (*_FILTER_FIELDS, "updated_since", "updated_before")
 _LABEL_SEP = "\x1f"
+_RETRY_ARG = 23  # index in the COMMIT script's ARGV list (0-based) of the retry flag
 
 
 def _float(value: str | float) -> str:
@@ -521,15 +522,30 @@ class RedisStore(Store):
             "1" if release else "0", gc_ms,
             "" if changes.drop_messages_through is None else changes.drop_messages_through,
             "1" if changes.drop_summaries else "0", key,
-            len(changes.append), len(changes.summaries),
+            len(changes.append), len(changes.summaries), "0",
         ]
         for message in changes.append:
             args += [message.seq, self.codec.encode_message(message)]
         for summary in changes.summaries:
             args += [summary.end_seq, self.codec.encode_summary(summary)]
-        # Safe to retry: the script recognises a commit it already applied (same version, id
-        # and bytes) and answers success instead of a conflict.
-        status, value = await self._script("COMMIT", keys, args, retry=True)
+        await self._ensure()
+        script = self._scripts["COMMIT"]
+
+        async def attempt() -> Any:
+            result = await script(keys=keys, args=args)
+            return result
+
+        async def attempt_or_recognise() -> Any:
+            try:
+                return await attempt()
+            except _UNAVAILABLE:
+                # The answer was lost, so the commit may have been applied. From now on the
+                # script also accepts finding exactly this commit (same version, id and bytes)
+                # already stored, which makes the retry safe.
+                args[_RETRY_ARG] = "1"
+                raise
+
+        status, value = await self._run(attempt_or_recognise, retry=True)
         if status == 1:
             return
         if status == -1:

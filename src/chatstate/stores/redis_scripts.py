@@ -84,15 +84,16 @@ return 0
 #       14 lease owner ('' = no lease), 15 lease token, 16 now, 17 release ('1'),
 #       18 GC backstop in ms ('0' = none), 19 drop messages through ('' = no),
 #       20 drop summaries ('1'), 21 canonical key, 22 n messages, 23 n summaries,
-#       24.. (seq, blob) per message then (end_seq, blob) per summary
-# -> {1, version} committed (or already committed by this very call, retried);
+#       24 retry ('1' when an earlier attempt of this same commit may have been applied),
+#       25.. (seq, blob) per message then (end_seq, blob) per summary
+# -> {1, version} committed (or, on a retry, found already applied by the earlier attempt);
 #    {0, stored version} version conflict; {-1, stored token} lease lost
 COMMIT = _APPLY_DELTA + """
 local cur = redis.call('HMGET', KEYS[1], 'v', 'id')
 local curv = tonumber(cur[1]) or 0
 local id = ARGV[3]
 if curv ~= tonumber(ARGV[1]) then
-  if curv == tonumber(ARGV[2]) and cur[2] == id
+  if ARGV[24] == '1' and curv == tonumber(ARGV[2]) and cur[2] == id
       and redis.call('HGET', KEYS[2], 'b') == ARGV[4] then
     return {1, curv}
   end
@@ -120,7 +121,7 @@ for i = 0, 2 do
 end
 if ARGV[19] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[19]) end
 if ARGV[20] == '1' then redis.call('DEL', KEYS[5]) end
-local n = 24
+local n = 25
 local nm = tonumber(ARGV[22])
 if nm > 0 then
   local z = {}

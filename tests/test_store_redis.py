@@ -1,0 +1,423 @@
+"""Redis-specific behaviour of RedisStore: round trips per update, key layout, GC backstop,
+faults (server killed, server hung, scripts flushed) and URL options.
+
+The protocol itself is checked by the conformance suite (tests/conformance) on "redis" and
+"redis_cluster" through tests/backends.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis import exceptions as redis_exceptions
+from redis.asyncio.connection import AbstractConnection
+
+from backends import BACKENDS, REDIS_URL, require_service
+from chatstate.clock import FakeClock
+from chatstate.errors import ConfigurationError, ConflictError, LeaseLost, StoreUnavailable
+from chatstate.model import HistoryChanges, Message, SessionRecord, Status, new_record
+from chatstate.stores import open_store
+from chatstate.stores.redis import RedisStore
+from redis_servers import RedisServer, free_port, redis_server, require_redis_binaries
+
+pytestmark = pytest.mark.redis
+
+# Generous bound on any single store call during a fault: a hang fails the test instead of
+# stalling it. (Bounds, not speed: speed lives in benchmarks/.)
+CALL_BOUND = 20.0
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A test-owned redis-server that writes every command to its AOF before answering, so a
+    SIGKILL loses nothing that was acknowledged."""
+    require_redis_binaries()
+    with redis_server("--appendonly", "yes", "--appendfsync", "always") as server:
+        yield server
+
+
+@pytest.fixture
+async def machine_store() -> AsyncIterator[RedisStore]:
+    require_service("Redis", "127.0.0.1", 6379)
+    async with BACKENDS["redis"]() as store:
+        assert isinstance(store, RedisStore)
+        yield store
+
+
+async def _update(store: RedisStore, key: str, owner: str) -> SessionRecord:
+    """One serialised update as the engine does it: lease+load, change, commit+release."""
+    lease, record = await store.lease_and_load(key, owner, 30.0)
+    assert lease is not None
+    expected = 0 if record is None else record.version
+    if record is None:
+        record = new_record(key, now=store.clock.now())
+    record.version = expected + 1
+    record.counters.messages += 1
+    record.counters.last_seq += 1
+    message = Message(role="user", content=f"n{record.counters.messages}",
+                      seq=record.counters.last_seq, tokens=2)
+    await store.commit(record, expected=expected, lease=lease, release=True,
+                       history=HistoryChanges(append=[message]))
+    return record
+
+
+class _SendCounter:
+    """Counts requests written to Redis: one `send_packed_command` is one round trip (a
+    pipeline is one too)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.original = AbstractConnection.send_packed_command
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        original = self.original
+
+        async def counting(conn: Any, command: Any, check_health: bool = True) -> None:
+            self.count += 1
+            await original(conn, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+
+
+# -- round trips --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["redis", "redis_cluster"])
+async def test_an_update_costs_two_round_trips(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if name == "redis":
+        require_service("Redis", "127.0.0.1", 6379)
+    else:
+        require_redis_binaries()
+    async with BACKENDS[name]() as store:
+        assert isinstance(store, RedisStore)
+        key = "telegram:user:rt1"
+        await _update(store, key, "w1")  # warm: connections open, scripts known
+        counter = _SendCounter()
+        counter.install(monkeypatch)
+        record = await _update(store, key, "w1")
+        monkeypatch.undo()
+        assert counter.count == 2
+        assert record.version == 2
+        assert await store.count_messages(record.ref) == 2
+
+
+async def test_server_sees_two_script_calls_per_update(own_server: RedisServer) -> None:
+    store = RedisStore.from_url(own_server.url + "?prefix=rt")
+    await store.open()
+    try:
+        await _update(store, "web:user:a", "w1")
+        own_server.cli("config", "resetstat")
+        for _ in range(5):
+            await _update(store, "web:user:a", "w1")
+        stats = own_server.cli("info", "commandstats")
+    finally:
+        await store.close()
+    calls = {
+        line.split(":", 1)[0].removeprefix("cmdstat_"): int(line.split("calls=")[1].split(",")[0])
+        for line in stats.splitlines() if line.startswith("cmdstat_")
+    }
+    assert calls["evalsha"] == 10
+    assert "eval" not in calls and "script|load" not in calls and "get" not in calls
+
+
+# -- layout -------------------------------------------------------------------------------------
+
+
+async def test_all_keys_of_a_session_share_one_hash_tag(machine_store: RedisStore) -> None:
+    key = "discord:user_in_chat:77:88"
+    await _update(machine_store, key, "w1")
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        names = [n.decode() async for n in client.scan_iter(match=f"{machine_store.prefix}:*")]
+    finally:
+        await client.aclose()
+    session_keys = [n for n in names if key in n and n.count(":") > 1 and "{" + key + "}" in n]
+    # record pointer, row, lease and history, all tagged with the canonical key
+    assert {n.rsplit("}:", 1)[1].split(":", 1)[0] for n in session_keys} >= {"r", "s", "l", "h"}
+
+
+async def test_cluster_session_keys_and_their_indexes_share_a_slot() -> None:
+    require_redis_binaries()
+    async with BACKENDS["redis_cluster"]() as store:
+        assert isinstance(store, RedisStore)
+        keys = [f"telegram:user:{i}" for i in range(12)]
+        for key in keys:
+            await _update(store, key, "w1")
+        client = store._client
+        slots: dict[str, set[int]] = {}
+        async for raw in client.scan_iter(match=f"{store.prefix}:*"):
+            name = raw.decode()
+            tag = name[name.index("{") + 1:name.index("}")]
+            slots.setdefault(tag, set()).add(await client.cluster_keyslot(name))
+        assert slots and all(len(found) == 1 for found in slots.values())
+        # several buckets are in use, so the sessions spread over the cluster's masters
+        assert len(slots) > 3
+        stats = await store.count()
+        assert stats.total == len(keys)
+        assert len(await store.claim_due("expire", store.clock.now() + 10**9, 100)) == 0
+
+
+async def test_native_expiry_is_only_a_backstop_after_purge_at(machine_store: RedisStore) -> None:
+    clock = FakeClock()
+    machine_store.clock = clock
+    key = "web:user:gc"
+    record = new_record(key, now=clock.now())
+    record.version = 1
+    await machine_store.commit(record, expected=0)
+    row = f"{machine_store.layout.base(key)}:s:{record.id}"
+    client = machine_store._client
+    assert await client.pttl(row) == -1  # an active session never expires natively
+
+    record.version = 2
+    record.status = Status.CLOSED
+    record.purge_at = clock.now() + 3600
+    await machine_store.commit(record, expected=1)
+    ttl = await client.pttl(row)
+    margin = machine_store.gc_margin
+    assert (3600 + margin - 5) * 1000 < ttl <= (3600 + margin) * 1000
+
+    record.version = 3
+    record.status = Status.ACTIVE
+    record.purge_at = None
+    await machine_store.commit(record, expected=2)
+    assert await client.pttl(row) == -1
+
+
+# -- leases and fencing -------------------------------------------------------------------------
+
+
+async def test_an_expired_lease_cannot_overwrite_the_newer_record(
+    machine_store: RedisStore,
+) -> None:
+    clock = FakeClock()
+    machine_store.clock = clock
+    key = "web:user:fence"
+    await _update(machine_store, key, "a")
+    slow, record = await machine_store.lease_and_load(key, "slow", 10.0)
+    assert slow is not None and record is not None
+    clock.advance(11.0)  # the slow handler outlives its lease
+    fast = await _update(machine_store, key, "fast")
+    record.version += 1
+    record.data["slow"] = True
+    with pytest.raises(LeaseLost):
+        await machine_store.commit(record, expected=record.version - 1, lease=slow, release=True)
+    stored = await machine_store.load(key)
+    assert stored is not None and stored.version == fast.version and "slow" not in stored.data
+    assert await machine_store.renew(slow, 10.0) is None
+
+
+async def test_a_renewed_lease_keeps_out_other_owners(machine_store: RedisStore) -> None:
+    clock = FakeClock()
+    machine_store.clock = clock
+    key = "web:user:renew"
+    lease, _ = await machine_store.lease_and_load(key, "a", 10.0)
+    assert lease is not None
+    for _ in range(5):
+        clock.advance(8.0)
+        renewed = await machine_store.renew(lease, 10.0)
+        assert renewed is not None and renewed.token == lease.token
+        lease = renewed
+        other, _ = await machine_store.lease_and_load(key, "b", 10.0)
+        assert other is None
+    record = new_record(key, now=clock.now())
+    record.version = 1
+    await machine_store.commit(record, expected=0, lease=lease, release=True)
+    other, loaded = await machine_store.lease_and_load(key, "b", 10.0)
+    assert other is not None and other.token > lease.token and loaded is not None
+
+
+async def test_a_commit_whose_answer_was_lost_is_retried_once(machine_store: RedisStore) -> None:
+    key = "web:user:retry"
+    record = new_record(key, now=machine_store.clock.now())
+    record.version = 1
+    history = HistoryChanges(append=[Message(role="user", content="once", seq=1)])
+    real = machine_store._scripts["COMMIT"]
+    calls = []
+
+    async def answer_lost_once(**kwargs: Any) -> Any:
+        result = await real(**kwargs)  # the server applies the commit ...
+        calls.append(kwargs["args"][23])
+        if len(calls) == 1:  # ... but the answer never arrives
+            raise redis_exceptions.ConnectionError("connection reset by peer")
+        return result
+
+    machine_store._scripts["COMMIT"] = answer_lost_once
+    await machine_store.commit(record, expected=0, history=history)
+    machine_store._scripts["COMMIT"] = real
+    assert calls == ["0", "1"]  # the retry told the script it may find its own commit
+    assert await machine_store.count_messages(record.ref) == 1
+    # A plain second attempt of the same commit is a stale commit, not a retry.
+    with pytest.raises(ConflictError):
+        await machine_store.commit(record, expected=0, history=history)
+    assert await machine_store.count_messages(record.ref) == 1
+
+
+# -- faults -------------------------------------------------------------------------------------
+
+
+async def test_server_killed_mid_stream_every_update_whole_or_unavailable(
+    own_server: RedisServer,
+) -> None:
+    store = RedisStore.from_url(own_server.url + "?prefix=fault&socket_timeout=1&retries=1")
+    await store.open()
+    keys = [f"web:user:f{i}" for i in range(6)]
+    acked = dict.fromkeys(keys, 0)
+    unsure = dict.fromkeys(keys, 0)  # commits that raised StoreUnavailable: may or may not be in
+    errors: list[BaseException] = []
+    state = {"acked": 0, "failed": 0}
+    enough_acked = asyncio.Event()
+    enough_failed = asyncio.Event()
+    back = asyncio.Event()
+    done_after_restart = dict.fromkeys(keys, 0)
+
+    async def writer(key: str) -> None:
+        while done_after_restart[key] < 5:
+            committing = False
+            try:
+                lease, record = await asyncio.wait_for(
+                    store.lease_and_load(key, f"o-{key}", 30.0), CALL_BOUND
+                )
+                assert lease is not None
+                expected = 0 if record is None else record.version
+                if record is None:
+                    record = new_record(key, now=store.clock.now())
+                record.version = expected + 1
+                record.counters.messages += 1
+                record.counters.last_seq += 1
+                message = Message(role="user", content="m", seq=record.counters.last_seq)
+                committing = True
+                await asyncio.wait_for(
+                    store.commit(record, expected=expected, lease=lease, release=True,
+                                 history=HistoryChanges(append=[message])),
+                    CALL_BOUND,
+                )
+            except StoreUnavailable:
+                state["failed"] += 1
+                if state["failed"] >= 2 * len(keys):
+                    enough_failed.set()
+                if committing:
+                    unsure[key] += 1
+                await asyncio.sleep(0.01)
+                continue
+            except BaseException as exc:  # anything else (e.g. a hang) fails the test
+                errors.append(exc)
+                raise
+            acked[key] += 1
+            state["acked"] += 1
+            if state["acked"] >= 60:
+                enough_acked.set()
+            if back.is_set():
+                done_after_restart[key] += 1
+
+    async def chaos() -> None:
+        await enough_acked.wait()
+        await asyncio.to_thread(own_server.stop)  # SIGKILL in the middle of the stream
+        await enough_failed.wait()
+        await asyncio.to_thread(own_server.start)
+        back.set()
+
+    await asyncio.wait_for(
+        asyncio.gather(chaos(), *(writer(k) for k in keys)), 120.0
+    )
+    assert not errors
+    # The same store object works again; every record is whole and consistent with its history.
+    for key in keys:
+        record = await store.load(key)
+        assert record is not None, key
+        count = record.counters.messages
+        assert acked[key] <= count <= acked[key] + unsure[key]
+        assert record.version == count
+        assert await store.count_messages(record.ref) == count
+        tail = await store.read_tail(record.ref, 3)
+        assert [m.seq for m in tail] == list(range(count - len(tail) + 1, count + 1))
+    await store.close()
+
+
+async def test_hung_server_gives_unavailable_in_bounded_time_then_recovers(
+    own_server: RedisServer,
+) -> None:
+    store = RedisStore.from_url(own_server.url + "?prefix=hang&socket_timeout=0.3&retries=0")
+    await store.open()
+    try:
+        await _update(store, "web:user:h", "w")
+        assert own_server.process is not None
+        os.kill(own_server.process.pid, signal.SIGSTOP)  # answers nothing, connection stays up
+        try:
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(store.load("web:user:h"), CALL_BOUND)
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(_update(store, "web:user:h", "w"), CALL_BOUND)
+        finally:
+            os.kill(own_server.process.pid, signal.SIGCONT)
+        # At most one more commit may have landed (the one whose answer was lost).
+        record = await _update(store, "web:user:h", "w")
+        assert record.version in (2, 3)
+    finally:
+        await store.close()
+
+
+async def test_scripts_reload_after_script_flush(own_server: RedisServer) -> None:
+    store = RedisStore.from_url(own_server.url + "?prefix=noscript")
+    await store.open()
+    try:
+        await _update(store, "web:user:n", "w")
+        own_server.cli("script", "flush")
+        record = await _update(store, "web:user:n", "w")
+        assert record.version == 2
+        assert (await store.claim_due("expire", 0.0, 10)) == []
+    finally:
+        await store.close()
+
+
+async def test_open_fails_fast_when_nothing_listens() -> None:
+    require_redis_binaries()
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0?connect_timeout=0.5&retries=1")
+    with pytest.raises(StoreUnavailable, match="did not answer"):
+        await asyncio.wait_for(store.open(), CALL_BOUND)
+
+
+# -- URLs ---------------------------------------------------------------------------------------
+
+
+def test_url_options_are_parsed() -> None:
+    store = open_store(
+        "redis://127.0.0.1:6379/2?namespace=bot1&pool_size=7&timeout=1.5&connect_timeout=0.5"
+        "&retries=4&format=msgpack&gc_margin=60"
+    )
+    assert isinstance(store, RedisStore)
+    assert (store.prefix, store.max_connections, store.socket_timeout) == ("bot1", 7, 1.5)
+    assert (store.connect_timeout, store.retries, store.gc_margin) == (0.5, 4, 60.0)
+    assert store.codec.format == "msgpack" and not store.cluster and store.shared
+    cluster = open_store("redis+cluster://127.0.0.1:7000,127.0.0.1:7001?prefix=c&buckets=32")
+    assert isinstance(cluster, RedisStore)
+    assert cluster.cluster and cluster.layout.buckets == 32
+    assert isinstance(open_store("rediss://example.invalid:6380/0"), RedisStore)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?colour=blue",
+        "redis://127.0.0.1:6379/0?pool_size=many",
+        "redis://127.0.0.1:6379/0?prefix=a{b}",
+        "redis://127.0.0.1:6379/0?buckets=4",
+        "redis+cluster://127.0.0.1:7000?buckets=0",
+        "redis://127.0.0.1:6379/0?format=xml",
+        "redis://127.0.0.1:6379/0?timeout=0",
+    ],
+)
+def test_bad_url_options_say_what_to_do(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        open_store(url)
+
+
+async def test_bad_cluster_node_list_is_a_configuration_error() -> None:
+    store = RedisStore.from_url("redis+cluster://nohostport")
+    with pytest.raises(ConfigurationError, match="host:port"):
+        await store.open()
