@@ -353,7 +353,11 @@ class FlowContext:
             raise FlowError(f"flow {flow.name!r} moved {MAX_AUTO_STEPS} times in one update; "
                             "an action probably loops")
         pos = self.position
-        if push and pos.step is not None and pos.step != step and flow.is_interactive(pos.step):
+        if step in pos.stack:
+            # Coming round to an earlier step (a "try again" loop, an edit from a confirmation):
+            # /back from there goes where it went the first time, and the stack stays short.
+            del pos.stack[pos.stack.index(step):]
+        elif push and pos.step is not None and pos.step != step and flow.is_interactive(pos.step):
             pos.stack.append(pos.step)
             if len(pos.stack) > flow.max_back:
                 del pos.stack[: len(pos.stack) - flow.max_back]

@@ -21,6 +21,7 @@ def _node_id(name: str) -> str:
 def _label(text: str) -> str:
     # Mermaid edge labels end at ':' or newlines and break on quotes; keep them short and safe.
     clean = text.replace('"', "'").replace("\n", " ").replace(":", " ").replace(";", ",")
+    clean = clean.replace("{", "(").replace("}", ")").replace("#", "")
     return clean[:60]
 
 

@@ -109,7 +109,7 @@ class _Base:
 
     messages: dict[str, str]
 
-    def __init__(self, messages: Mapping[str, str] | None) -> None:
+    def __init__(self, messages: Mapping[str, str] | None = None) -> None:
         defaults = dict(type(self).DEFAULTS)
         unknown = set(messages or ()) - set(defaults)
         if unknown:
