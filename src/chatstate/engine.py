@@ -366,6 +366,10 @@ class _SessionContext:
             Event(name=ev.SESSION_EXPIRED, key=self.ks, session_id=record.id, at=m.clock.now(),
                   data={"reason": "timeout", "due_at": at, "late": True})
         )
+        await m.events.emit(
+            Event(name=ev.SESSION_CLOSED, key=self.ks, session_id=record.id, at=m.clock.now(),
+                  data={"reason": "timeout", "due_at": at, "late": True})
+        )
         return record
 
     # -- commit -----------------------------------------------------------------------------
