@@ -27,7 +27,7 @@ import threading
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, Protocol
 
 import msgspec
@@ -145,7 +145,7 @@ def _parse_ranks(contents: bytes) -> dict[bytes, int]:
 _load_lock = threading.Lock()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_bpe_cached(name: str) -> BPEEncoding | None:
     spec = _SPECS[name]
     try:
@@ -202,9 +202,9 @@ class HeuristicEncoding:
     The constants were fitted against cl100k_base on mixed prose, chat, code, JSON, numbers and
     non-Latin scripts (see tests/memory/test_tokens.py, which keeps the error within bounds):
     Latin words up to 6 letters cost one token, longer ones about one per 6 letters, very long
-    (rare) ones one per 4; digits go in groups of three; each punctuation mark is about one token; CJK is
-    about one token per character and other non-ASCII letters about one per two characters.
-    A run of whitespace is mostly absorbed into the following word.
+    (rare) ones one per 4; digits go in groups of three; each punctuation mark is about one
+    token; CJK is about one token per character and other non-ASCII letters about one per two
+    characters. A single space rides on the next word; newlines and indentation cost one.
     """
 
     name = "heuristic"
@@ -231,8 +231,9 @@ class HeuristicEncoding:
 
 
 def _non_ascii_cost(char: str) -> float:
-    # CJK ideographs, kana and hangul syllables are one or more tokens each; other letters (Cyrillic,
-    # Greek, accented Latin) merge into pairs; emoji and symbols take several bytes-level tokens.
+    # CJK ideographs, kana and hangul syllables are one or more tokens each; other letters
+    # (Cyrillic, Greek, accented Latin) merge into pairs; emoji and symbols take several
+    # byte-level tokens.
     name = unicodedata.name(char, "")
     if name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL")):
         return 1.1
