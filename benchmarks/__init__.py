@@ -1,0 +1,1 @@
+"""chatstate benchmarks: `python -m benchmarks.bench_sessions --help`."""

@@ -1,0 +1,282 @@
+"""The systems under test, each doing the same cycle (see `common`): chatstate's engine on a
+store, and the peers a bot author would otherwise use.
+
+Every factory is an async context manager `factory(workload) -> cycle` that starts from an empty
+store and cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from chatstate import SessionKey, SessionManager
+from chatstate.stores import Store, open_store
+
+from .common import STATES, Cycle, Workload
+
+SystemFactory = Callable[[Workload], AbstractAsyncContextManager[Cycle]]
+
+TEXTS = [f"message number {i}" for i in range(1000)]
+_json_encode = msgspec.json.encode
+_json_decode = msgspec.json.decode
+
+
+def _text(message: int) -> str:
+    return TEXTS[message % len(TEXTS)]
+
+
+# -- chatstate ----------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def chatstate_engine(store: Store, workload: Workload) -> AsyncIterator[Cycle]:
+    """The engine's one obvious way: `async with manager.session(key) as s`."""
+    manager = SessionManager(store, lock_timeout=60.0)
+    keys = [SessionKey.user("bench", u) for u in range(workload.users)]
+    async with manager:
+
+        async def cycle(user: int, message: int) -> None:
+            async with manager.session(keys[user]) as s:
+                s.state = STATES[message % 3]
+                data = s.data
+                data["last_text"] = _text(message)
+                data["step"] = message
+                data["count"] = data.get("count", 0) + 1
+
+        yield cycle
+
+
+def chatstate_on(url: Callable[[], str]) -> SystemFactory:
+    """A factory running the engine on a store opened from `url()` (called per run)."""
+
+    @asynccontextmanager
+    async def factory(workload: Workload) -> AsyncIterator[Cycle]:
+        store = open_store(url())
+        async with chatstate_engine(store, workload) as cycle:
+            yield cycle
+
+    return factory
+
+
+def memory_store_url(workload: Workload) -> str:
+    return f"memory://?max_sessions={max(workload.users * 2, 1000)}"
+
+
+@asynccontextmanager
+async def temp_sqlite_path() -> AsyncIterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="chatstate-bench-") as workdir:
+        yield Path(workdir) / "bench.db"
+
+
+@asynccontextmanager
+async def chatstate_sqlite(workload: Workload) -> AsyncIterator[Cycle]:
+    async with temp_sqlite_path() as path:
+        store = open_store(f"sqlite:///{path}")
+        async with chatstate_engine(store, workload) as cycle:
+            yield cycle
+
+
+@asynccontextmanager
+async def chatstate_memory(workload: Workload) -> AsyncIterator[Cycle]:
+    async with chatstate_engine(open_store(memory_store_url(workload)), workload) as cycle:
+        yield cycle
+
+
+# -- aiogram ------------------------------------------------------------------------------------
+
+
+async def _aiogram_cycle(storage: Any, key: Any, message: int) -> None:
+    """What an aiogram handler does for the same update: read state and data, write both."""
+    await storage.get_state(key)
+    data = await storage.get_data(key)
+    await storage.update_data(
+        key, {"last_text": _text(message), "step": message, "count": data.get("count", 0) + 1}
+    )
+    await storage.set_state(key, STATES[message % 3])
+
+
+@asynccontextmanager
+async def aiogram_memory(workload: Workload) -> AsyncIterator[Cycle]:
+    from aiogram.fsm.storage.base import StorageKey
+    from aiogram.fsm.storage.memory import MemoryStorage
+
+    storage = MemoryStorage()
+    keys = [StorageKey(bot_id=1, chat_id=u, user_id=u) for u in range(workload.users)]
+
+    async def cycle(user: int, message: int) -> None:
+        await _aiogram_cycle(storage, keys[user], message)
+
+    yield cycle
+    await storage.close()
+
+
+def aiogram_redis(url: str, *, isolated: bool) -> SystemFactory:
+    """aiogram's RedisStorage; with `isolated`, each update runs under RedisEventIsolation's
+    lock (what aiogram offers for per-user ordering across processes; off by default)."""
+
+    @asynccontextmanager
+    async def factory(workload: Workload) -> AsyncIterator[Cycle]:
+        from aiogram.fsm.storage.base import DefaultKeyBuilder, StorageKey
+        from aiogram.fsm.storage.redis import RedisStorage
+        from redis.asyncio import Redis
+
+        prefix = f"aiobench{uuid.uuid4().hex[:8]}"
+        redis = Redis.from_url(url, max_connections=workload.concurrency + 8)
+        storage = RedisStorage(redis=redis, key_builder=DefaultKeyBuilder(prefix=prefix))
+        isolation = storage.create_isolation()
+        keys = [StorageKey(bot_id=1, chat_id=u, user_id=u) for u in range(workload.users)]
+
+        if isolated:
+
+            async def cycle(user: int, message: int) -> None:
+                key = keys[user]
+                async with isolation.lock(key):
+                    await _aiogram_cycle(storage, key, message)
+        else:
+
+            async def cycle(user: int, message: int) -> None:
+                await _aiogram_cycle(storage, keys[user], message)
+
+        try:
+            yield cycle
+        finally:
+            await _delete_prefix(redis, prefix)
+            await storage.close()
+
+    return factory
+
+
+async def _delete_prefix(redis: Any, prefix: str) -> None:
+    batch = []
+    async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await redis.delete(*batch)
+            batch.clear()
+    if batch:
+        await redis.delete(*batch)
+
+
+# -- raw loops ----------------------------------------------------------------------------------
+
+
+def _raw_update(raw: bytes | str | None, message: int) -> bytes:
+    """Decode the stored JSON row, apply the cycle's change, encode it again."""
+    record = _json_decode(raw) if raw else {"state": None, "data": {}}
+    record["state"] = STATES[message % 3]
+    data = record["data"]
+    data["last_text"] = _text(message)
+    data["step"] = message
+    data["count"] = data.get("count", 0) + 1
+    return _json_encode(record)
+
+
+@asynccontextmanager
+async def raw_sqlite3(workload: Workload) -> AsyncIterator[Cycle]:
+    """Plain stdlib sqlite3: SELECT, then an UPSERT in its own transaction (commit per message),
+    WAL and synchronous=NORMAL. Runs on the event loop itself: the fastest a single connection
+    can go, and it serialises every update whatever the concurrency."""
+    async with temp_sqlite_path() as path:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(
+            "CREATE TABLE sessions (key TEXT PRIMARY KEY, record BLOB NOT NULL, "
+            "version INTEGER NOT NULL)"
+        )
+        keys = [f"bench:user:{u}" for u in range(workload.users)]
+        select = "SELECT record FROM sessions WHERE key = ?"
+        upsert = (
+            "INSERT INTO sessions (key, record, version) VALUES (?, ?, 1) "
+            "ON CONFLICT(key) DO UPDATE SET record = excluded.record, version = version + 1"
+        )
+
+        async def cycle(user: int, message: int) -> None:
+            key = keys[user]
+            row = conn.execute(select, (key,)).fetchone()
+            conn.execute(upsert, (key, _raw_update(row[0] if row else None, message)))
+
+        try:
+            yield cycle
+        finally:
+            conn.close()
+
+
+def raw_redis(url: str) -> SystemFactory:
+    """redis-py asyncio: GET, change, SET. No lock, no version check: the client's limit."""
+
+    @asynccontextmanager
+    async def factory(workload: Workload) -> AsyncIterator[Cycle]:
+        from redis.asyncio import Redis
+
+        prefix = f"rawbench{uuid.uuid4().hex[:8]}"
+        redis = Redis.from_url(url, max_connections=workload.concurrency + 8)
+        keys = [f"{prefix}:{u}" for u in range(workload.users)]
+
+        async def cycle(user: int, message: int) -> None:
+            key = keys[user]
+            await redis.set(key, _raw_update(await redis.get(key), message))
+
+        try:
+            yield cycle
+        finally:
+            await _delete_prefix(redis, prefix)
+            await redis.aclose()
+
+    return factory
+
+
+def raw_asyncpg(url: str) -> SystemFactory:
+    """asyncpg: SELECT the JSONB row, change it, UPSERT it (autocommit: one transaction per
+    statement, the same durability as the store's default synchronous_commit)."""
+
+    @asynccontextmanager
+    async def factory(workload: Workload) -> AsyncIterator[Cycle]:
+        import asyncpg
+
+        table = f"rawbench_{uuid.uuid4().hex[:8]}"
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=min(workload.concurrency, 10))
+        assert pool is not None
+        await pool.execute(
+            f"CREATE TABLE {table} (key text PRIMARY KEY, record jsonb NOT NULL, "
+            "version bigint NOT NULL)"
+        )
+        keys = [f"bench:user:{u}" for u in range(workload.users)]
+        select = f"SELECT record::text FROM {table} WHERE key = $1"
+        upsert = (
+            f"INSERT INTO {table} (key, record, version) VALUES ($1, $2::jsonb, 1) "
+            f"ON CONFLICT (key) DO UPDATE SET record = excluded.record, "
+            f"version = {table}.version + 1"
+        )
+
+        async def cycle(user: int, message: int) -> None:
+            key = keys[user]
+            async with pool.acquire() as conn:
+                raw = await conn.fetchval(select, key)
+                await conn.execute(upsert, key, _raw_update(raw, message).decode())
+
+        try:
+            yield cycle
+        finally:
+            await pool.execute(f"DROP TABLE IF EXISTS {table}")
+            await pool.close()
+
+    return factory
+
+
+def postgres_store_url(database_url: str) -> str:
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    return f"{database_url}?schema={schema}&pool_max_size=10"
+
+
+def redis_store_url(url: str) -> str:
+    return f"{url}?prefix=csbench{uuid.uuid4().hex[:8]}"
+
