@@ -325,7 +325,7 @@ class FlowRunner:
         args = ctx.incoming.args
         steps = 1
         if args:
-            if not args[0].isdigit() or not 1 <= int(args[0]) <= 50:
+            if not args[0].isdigit() or len(args[0]) > 6 or int(args[0]) < 1:
                 ctx.reply(ctx.t("back_bad_arg"))
                 return
             steps = int(args[0])
