@@ -11,6 +11,7 @@ URL: ``postgresql://user:password@host:5432/db?schema=chatstate&pool_max_size=10
 * ``read_retries`` (2): how many times a read is retried with backoff after a connection fault.
 * ``migrate`` (true): create and upgrade the schema on open; with ``false`` an outdated schema
   raises `SchemaError` asking for ``chatstate db upgrade``.
+* ``application_name`` (``chatstate``): how the connections show in ``pg_stat_activity``.
 Other query parameters (``sslmode``, ...) go to asyncpg unchanged.
 
 Why asyncpg rather than psycopg 3: it speaks the binary protocol natively, caches a prepared
@@ -84,6 +85,7 @@ _Messages = list[Message]  # an alias: inside the class `list` is the listing me
 DEFAULT_SCHEMA = "chatstate"
 MAX_POOL_SIZE = 200
 _MAX_SEQ = 2**63 - 1
+_CLIENT_TIMEOUT_MARGIN = 0.5  # seconds the client waits beyond the server's statement_timeout
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
 # Errors that mean "the server could not be reached or did not answer": the store turns them
@@ -111,8 +113,21 @@ _CONFLICT: tuple[type[BaseException], ...] = (
 def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
-    # asyncpg reports use of a connection that died under it as an InterfaceError.
+    # A backend terminated while its connection sat idle in the pool leaves the protocol in
+    # an error state until the socket closes: using it then raises InternalClientError before
+    # anything is sent. Using a connection that died under it is an InterfaceError.
+    if isinstance(exc, pgerr.InternalClientError):
+        return True
     return isinstance(exc, pgerr.InterfaceError) and "closed" in str(exc)
+
+
+def _discard(conn: Any) -> None:
+    """Close a broken pooled connection so that the pool never hands it out again (it opens a
+    new one on demand). asyncpg may have detached a dead connection from the pool already."""
+    try:
+        conn.terminate()
+    except pgerr.InterfaceError:
+        pass
 
 
 class _Connection(asyncpg.Connection):
@@ -240,6 +255,7 @@ class PostgresStore(Store):
         connect_timeout: float = 5.0,
         read_retries: int = 2,
         migrate: bool = True,
+        application_name: str = "chatstate",
         clock: Clock | None = None,
         codec: Codec | None = None,
     ) -> None:
@@ -273,6 +289,7 @@ class PostgresStore(Store):
         self.connect_timeout = connect_timeout
         self.read_retries = read_retries
         self.migrate = migrate
+        self.application_name = application_name
         self.clock = clock
         self._pool: Any = None
         self._open_lock = asyncio.Lock()
@@ -290,7 +307,7 @@ class PostgresStore(Store):
         passthrough: list[tuple[str, str]] = []
         known = {
             "schema", "pool_min_size", "pool_max_size", "command_timeout", "connect_timeout",
-            "read_retries", "migrate",
+            "read_retries", "migrate", "application_name",
         }
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name in known:
@@ -307,6 +324,7 @@ class PostgresStore(Store):
             "connect_timeout": _float_option(ours, "connect_timeout", 5.0),
             "read_retries": _int_option(ours, "read_retries", 2),
             "migrate": _bool_option(ours, "migrate", True),
+            "application_name": str(ours.pop("application_name", "chatstate")),
         }
         for name in ("clock", "codec"):
             if name in ours:
@@ -415,12 +433,20 @@ class PostgresStore(Store):
                     self.dsn,
                     min_size=self.pool_min_size,
                     max_size=self.pool_max_size,
-                    command_timeout=self.command_timeout,
+                    # The server gives up first (statement_timeout: a clean error, and it also
+                    # stops a statement whose client is gone); the client-side timeout is the
+                    # backstop for a server or network that does not answer at all.
+                    command_timeout=self.command_timeout + _CLIENT_TIMEOUT_MARGIN,
                     timeout=self.connect_timeout,
                     init=_init_connection,
                     connection_class=_Connection,
                     max_inactive_connection_lifetime=300.0,
-                    server_settings={"application_name": "chatstate", "jit": "off"},
+                    # jit off: JIT compilation only slows the store's small statements down.
+                    server_settings={
+                        "application_name": self.application_name,
+                        "jit": "off",
+                        "statement_timeout": str(max(1, round(self.command_timeout * 1000))),
+                    },
                 )
             except _UNAVAILABLE as exc:
                 raise self._unavailable(exc) from exc
@@ -506,6 +532,7 @@ class PostgresStore(Store):
             except BaseException as exc:
                 if not _is_unavailable(exc):
                     raise
+                _discard(conn)
                 if attempt > retries:
                     raise self._unavailable(exc) from exc
                 log.debug("postgres %s failed (%s), retrying", op, exc)
@@ -557,6 +584,30 @@ class PostgresStore(Store):
             raise ConfigurationError(
                 f"the lease is for session {lease.key!r}, not {key!r}; commit with its own lease"
             )
+        args = self.commit_arguments(record, expected, lease, release, history)
+        try:
+            # Retried like a read: the function recognises a commit it already applied.
+            row = await self._read("commit", lambda c: c.fetchrow(self._sql["commit"], *args))
+        except _CONFLICT:
+            raise ConflictError(key, expected, None) from None
+        outcome = row["outcome"]
+        if outcome == 1:
+            assert lease is not None
+            raise LeaseLost(key, lease.token)
+        if outcome == 2:
+            raise ConflictError(key, expected, row["actual"])
+
+    def commit_arguments(
+        self,
+        record: SessionRecord,
+        expected: int,
+        lease: Lease | None = None,
+        release: bool = False,
+        history: HistoryChanges | None = None,
+    ) -> tuple[Any, ...]:
+        """The parameters of the commit function for one commit (encodes before any I/O, so
+        InvalidDataError and RecordTooLarge leave the database untouched)."""
+        key = record.key
         raw = self.codec.encode(record)  # InvalidDataError / RecordTooLarge before any I/O
         append = summaries = None
         drop_through = None
@@ -571,7 +622,7 @@ class PostgresStore(Store):
         flow = record.flow
         usage = record.usage
         platform, scope = key.split(":", 2)[:2]
-        args = (
+        return (
             key, record.id, expected, record.version,
             getattr(record.status, "value", record.status), platform, scope,
             flow.name if flow is not None else None, flow.step if flow is not None else None,
@@ -582,17 +633,6 @@ class PostgresStore(Store):
             lease.token if lease is not None else None, bool(release and lease is not None),
             self._now(), append, summaries, drop_through, drop_summaries,
         )
-        try:
-            # Retried like a read: the function recognises a commit it already applied.
-            row = await self._read("commit", lambda c: c.fetchrow(self._sql["commit"], *args))
-        except _CONFLICT:
-            raise ConflictError(key, expected, None) from None
-        outcome = row["outcome"]
-        if outcome == 1:
-            assert lease is not None
-            raise LeaseLost(key, lease.token)
-        if outcome == 2:
-            raise ConflictError(key, expected, row["actual"])
 
     async def delete(self, key: str, session_id: str | None = None) -> bool:
         deleted = await self._write(

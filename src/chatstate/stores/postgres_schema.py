@@ -308,11 +308,15 @@ async def applied_versions(conn: Any, schema: str) -> list[int] | None:
     return [int(r["version"]) for r in rows]
 
 
-async def apply_migrations(conn: Any, schema: str, *, upgrade: bool = True) -> list[int]:
-    """Bring `schema` to `LATEST_VERSION` in one transaction; return the versions applied.
+async def apply_migrations(
+    conn: Any, schema: str, *, upgrade: bool = True, target: int | None = None
+) -> list[int]:
+    """Bring `schema` to `target` (default `LATEST_VERSION`) in one transaction; return the
+    versions applied.
 
     With `upgrade=False` an outdated schema raises `SchemaError` instead (nothing changed).
     """
+    target = LATEST_VERSION if target is None else target
     quoted = quote_schema(schema)
     table = f"{quoted}.{MIGRATIONS_TABLE}"
     async with conn.transaction():
@@ -333,7 +337,7 @@ async def apply_migrations(conn: Any, schema: str, *, upgrade: bool = True) -> l
                 )
             applied = []
         check_not_newer(applied, schema)
-        pending = [m for m in MIGRATIONS if m.version not in applied]
+        pending = [m for m in MIGRATIONS if m.version not in applied and m.version <= target]
         if not pending:
             return []
         if not upgrade:

@@ -1,0 +1,510 @@
+"""PostgresStore beyond the conformance suite: round trips per update, faults (terminated
+backends, timeouts, an unreachable server), migrations, leases with fencing, SKIP LOCKED claims,
+full-text search and URL options. Real server only (tests/backends.POSTGRES_URL); each test uses
+a schema of its own, dropped afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from backends import POSTGRES_URL, drop_postgres_schema, require_postgres
+from chatstate.clock import FakeClock
+from chatstate.errors import (
+    ConfigurationError,
+    ConflictError,
+    LeaseLost,
+    SchemaError,
+    StoreUnavailable,
+)
+from chatstate.model import HistoryChanges, Message, SessionRecord, new_record
+from chatstate.stores import open_store
+from chatstate.stores import postgres_schema as schema_sql
+from chatstate.stores.postgres import PostgresStore, upgrade
+
+pytestmark = pytest.mark.postgres
+
+
+def store_url(schema: str, port: int | None = None, **options: Any) -> str:
+    parts = urlsplit(POSTGRES_URL)
+    netloc = parts.netloc
+    if port is not None:
+        netloc = f"{parts.username or 'postgres'}@127.0.0.1:{port}"
+    query = "&".join([f"schema={schema}", *(f"{k}={v}" for k, v in options.items())])
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    require_postgres()
+    name = f"cs_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    await drop_postgres_schema(name)
+
+
+@pytest.fixture
+async def admin() -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection for inspecting and sabotaging the server."""
+    require_postgres()
+    conn = await asyncpg.connect(POSTGRES_URL, server_settings={"application_name": "cs-admin"})
+    yield conn
+    await conn.close()
+
+
+async def one_update(store: PostgresStore, key: str, owner: str = "worker") -> SessionRecord:
+    """What the engine does for one message: lease-and-load, change, commit-and-release with
+    one history message (a counter in `data` and the history length must stay equal)."""
+    lease, record = await store.lease_and_load(key, owner, 30.0)
+    assert lease is not None, "the lease should be free"
+    expected = 0 if record is None else record.version
+    if record is None:
+        record = new_record(key, now=1000.0)
+    record.data["n"] = record.data.get("n", 0) + 1
+    record.counters.messages += 1
+    record.counters.last_seq += 1
+    record.version = expected + 1
+    message = Message(role="user", content=f"message {record.data['n']}",
+                      seq=record.counters.last_seq)
+    await store.commit(record, expected=expected, lease=lease, release=True,
+                       history=HistoryChanges(append=[message]))
+    return record
+
+
+# -- round trips ------------------------------------------------------------------------------
+
+
+class CountingProxy:
+    """A TCP relay to PostgreSQL that counts round trips: each time the client speaks after
+    the server did (or first), that is one client turn, however many packets it takes."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port_to = host, port
+        self.turns = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> CountingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port_to)
+        last = ["server"]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, side: str) -> None:
+            try:
+                while data := await src.read(65536):
+                    if side == "client" and last[0] != "client":
+                        self.turns += 1
+                    last[0] = side
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                dst.close()
+
+        tasks = [asyncio.ensure_future(pump(reader, up_writer, "client")),
+                 asyncio.ensure_future(pump(up_reader, writer, "server"))]
+        self._tasks.update(tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_an_update_costs_two_round_trips(schema: str) -> None:
+    parts = urlsplit(POSTGRES_URL)
+    async with CountingProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        store = PostgresStore.from_url(
+            store_url(schema, port=proxy.port, pool_min_size=1, pool_max_size=1)
+        )
+        await store.open()
+        try:
+            # The first update on a connection prepares its statements (cached afterwards).
+            await one_update(store, "telegram:user:1")
+            before = proxy.turns
+            updates = 25
+            for i in range(updates):
+                await one_update(store, f"telegram:user:{i % 5}")
+            assert proxy.turns - before == 2 * updates
+            # A plain read is one round trip too (once its statement is prepared).
+            await store.load("telegram:user:1")
+            before = proxy.turns
+            await store.load("telegram:user:2")
+            assert proxy.turns - before == 1
+        finally:
+            await store.close()
+
+
+async def test_an_engine_update_costs_two_round_trips(schema: str) -> None:
+    from chatstate.engine import SessionManager
+
+    parts = urlsplit(POSTGRES_URL)
+    async with CountingProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        store = PostgresStore.from_url(
+            store_url(schema, port=proxy.port, pool_min_size=1, pool_max_size=1)
+        )
+        manager = SessionManager(store, clock=FakeClock())
+        try:
+            async with manager.session("telegram:user:7") as s:  # warm-up (creates)
+                s.data["n"] = 0
+            before = proxy.turns
+            for i in range(10):
+                async with manager.session("telegram:user:7") as s:
+                    s.state = "asking"
+                    s.data["n"] = i + 1
+                    s.append(Message(role="user", content=f"hi {i}"))
+            assert proxy.turns - before == 2 * 10
+            record = await store.load("telegram:user:7")
+            assert record is not None and record.data["n"] == 10
+        finally:
+            await manager.aclose()
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+async def test_terminated_backends_never_corrupt_and_the_store_recovers(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    app = f"cs-fault-{schema}"
+    store = PostgresStore.from_url(
+        store_url(schema, pool_max_size=4, command_timeout=3, application_name=app)
+    )
+    await store.open()
+    keys = [f"telegram:user:{i}" for i in range(8)]
+    ok = dict.fromkeys(keys, 0)
+    failed = dict.fromkeys(keys, 0)
+    updates_per_key = 15
+
+    async def worker(key: str) -> None:
+        # One owner per key: after a lost answer the same owner may take its lease again.
+        for _ in range(updates_per_key):
+            try:
+                await one_update(store, key, owner=f"owner-{key}")
+            except StoreUnavailable:
+                failed[key] += 1
+            else:
+                ok[key] += 1
+
+    terminated = 0
+
+    async def killer(workers: asyncio.Future[Any]) -> None:
+        nonlocal terminated
+        while not workers.done():
+            await asyncio.sleep(0.05)
+            terminated += await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = $1",
+                app,
+            )
+
+    try:
+        workers = asyncio.gather(*(worker(k) for k in keys))
+        await asyncio.gather(workers, killer(workers))
+        assert terminated > 0, "the test must actually kill connections"
+        assert sum(ok.values()) > 0
+        for key in keys:
+            record = await store.load(key)  # the same store object works again
+            n = 0 if record is None else record.data["n"]
+            if record is not None:
+                # Committed whole: the counter, the message count and the history agree.
+                assert record.counters.last_seq == n
+                assert await store.count_messages(record.ref) == n
+                history = await store.read_range(record.ref, 1, n + 10)
+                assert [m.seq for m in history] == list(range(1, n + 1))
+            # Every acknowledged update is there; an unacknowledged one may or may not be.
+            assert ok[key] <= n <= ok[key] + failed[key]
+        for key in keys:
+            await one_update(store, key, owner=f"owner-{key}")
+    finally:
+        await store.close()
+
+
+async def test_a_statement_blocked_past_command_timeout_raises_store_unavailable(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    store = PostgresStore.from_url(store_url(schema, command_timeout=0.3, read_retries=1))
+    await store.open()
+    try:
+        record = await one_update(store, "telegram:user:1")
+        tx = admin.transaction()
+        await tx.start()
+        try:
+            # Another client holds the row lock: the commit cannot finish before the timeout.
+            await admin.execute(f'SELECT 1 FROM "{schema}".sessions WHERE key = $1 FOR UPDATE',
+                                record.key)
+            record.data["n"] = 99
+            record.version += 1
+            with pytest.raises(StoreUnavailable, match="did not answer"):
+                await store.commit(record, expected=record.version - 1)
+        finally:
+            await tx.rollback()
+        stored = await store.load(record.key)  # nothing was written; the store still works
+        assert stored is not None and stored.data["n"] == 1 and stored.version == 1
+    finally:
+        await store.close()
+
+
+async def test_an_unreachable_server_raises_store_unavailable(schema: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    store = PostgresStore.from_url(store_url(schema, port=free_port, connect_timeout=1))
+    with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{free_port}"):
+        await store.open()
+    with pytest.raises(StoreUnavailable):
+        await store.load("telegram:user:1")
+    await store.close()
+
+
+# -- migrations -------------------------------------------------------------------------------
+
+
+async def test_a_version_1_database_is_upgraded_in_place(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    url = store_url(schema)
+    # Build the schema as the first release did, and write through its own commit function.
+    assert await schema_sql.apply_migrations(admin, schema, target=1) == [1]
+    old = PostgresStore.from_url(url)
+    await admin.set_type_codec("jsonb", schema="pg_catalog", encoder=lambda b: b"\x01" + b,
+                               decoder=lambda b: b[1:], format="binary")
+    records = []
+    for i in range(3):
+        record = new_record(f"telegram:user:{i}", now=1000.0 + i, labels={"tier": "gold"})
+        record.version = 1
+        record.data = {"name": f"user {i}"}
+        record.counters.last_seq = 2
+        history = HistoryChanges(append=[
+            Message(role="user", content=f"hello number {i}", seq=1),
+            Message(role="assistant", content=[{"type": "text", "text": "Bonjour Ada"}], seq=2),
+        ])
+        row = await admin.fetchrow(old._sql["commit"],
+                                   *old.commit_arguments(record, 0, history=history))
+        assert row["outcome"] == 0
+        records.append(record)
+    assert await schema_sql.applied_versions(admin, schema) == [1]
+
+    assert await upgrade(url) == [2]
+    assert await upgrade(url) == []  # idempotent
+    assert await schema_sql.applied_versions(admin, schema) == [1, 2]
+
+    store = PostgresStore.from_url(url, migrate=False)
+    await store.open()
+    try:
+        for record in records:
+            stored = await store.load(record.key)
+            assert stored == record
+            assert await store.count_messages(record.ref) == 2
+            assert [m.seq for m in await store.read_tail(record.ref, 10)] == [1, 2]
+            # The new full-text index covers messages written before it existed.
+            found = await store.search_messages(record.ref, "bonj")
+            assert [m.seq for m in found] == [2]
+        stats = await store.stats(labels=["tier"])
+        assert stats.total == 3 and stats.by_label == {"tier": {"gold": 3}}
+    finally:
+        await store.close()
+
+
+async def test_an_outdated_schema_is_refused_without_migrate(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    await schema_sql.apply_migrations(admin, schema, target=1)
+    store = PostgresStore.from_url(store_url(schema, migrate="false"))
+    with pytest.raises(SchemaError, match="chatstate db upgrade"):
+        await store.open()
+    assert await schema_sql.applied_versions(admin, schema) == [1]
+
+
+async def test_a_newer_schema_is_refused_and_left_unchanged(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    url = store_url(schema)
+    assert await upgrade(url) == [1, 2]
+    await admin.execute(
+        f'INSERT INTO "{schema}".chatstate_migrations (version, description) '
+        "VALUES ($1, 'from the future')",
+        schema_sql.LATEST_VERSION + 1,
+    )
+    with pytest.raises(SchemaError, match="newer than this chatstate"):
+        await PostgresStore.from_url(url).open()
+    with pytest.raises(SchemaError, match="newer"):
+        await upgrade(url)
+    assert await schema_sql.applied_versions(admin, schema) == [1, 2, 3]
+
+
+async def test_a_schema_with_foreign_tables_is_refused(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    await admin.execute(f'CREATE TABLE "{schema}".sessions (whatever text)')
+    with pytest.raises(SchemaError, match="did not create"):
+        await PostgresStore.from_url(store_url(schema)).open()
+    columns = await admin.fetchval(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_schema = $1 AND table_name = 'sessions'", schema)
+    assert columns == 1
+
+
+async def test_processes_opening_a_fresh_schema_at_once_migrate_it_once(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    stores = [PostgresStore.from_url(store_url(schema)) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    await asyncio.gather(*(s.close() for s in stores))
+    assert await schema_sql.applied_versions(admin, schema) == [1, 2]
+
+
+# -- leases, fencing, claims ------------------------------------------------------------------
+
+
+async def test_an_expired_and_taken_lease_cannot_overwrite_newer_data(schema: str) -> None:
+    clock = FakeClock()
+    store = PostgresStore.from_url(store_url(schema), clock=clock)
+    await store.open()
+    try:
+        key = "telegram:user:1"
+        await one_update(store, key)
+        slow, record = await store.lease_and_load(key, "slow", 10.0)
+        assert slow is not None and record is not None
+        assert await store.lease_and_load(key, "fast", 10.0) == (None, None)
+        clock.advance(11)
+        assert await store.renew(slow, 10.0) is None
+        fast, fresh = await store.lease_and_load(key, "fast", 10.0)
+        assert fast is not None and fresh is not None and fast.token > slow.token
+        fresh.data["n"] = 100
+        fresh.version += 1
+        await store.commit(fresh, expected=fresh.version - 1, lease=fast)
+        record.data["n"] = -1
+        record.version += 1
+        with pytest.raises(LeaseLost):
+            await store.commit(record, expected=record.version - 1, lease=slow, release=True)
+        with pytest.raises(ConflictError):  # and without the lease, the version refuses it
+            await store.commit(record, expected=record.version - 1)
+        stored = await store.load(key)
+        assert stored is not None and stored.data["n"] == 100
+        renewed = await store.renew(fast, 10.0)
+        assert renewed is not None and renewed.expires_at == clock.now() + 10.0
+        await store.release(fast)
+        again, _ = await store.lease_and_load(key, "other", 10.0)
+        assert again is not None and again.token > fast.token  # tokens grow across releases
+    finally:
+        await store.close()
+
+
+async def test_a_lost_commit_answer_is_safe_to_retry(schema: str) -> None:
+    store = PostgresStore.from_url(store_url(schema))
+    await store.open()
+    try:
+        record = await one_update(store, "telegram:user:1")
+        record.data["n"] = 2
+        record.version = 2
+        message = Message(role="user", content="once", seq=2)
+        await store.commit(record, expected=1, history=HistoryChanges(append=[message]))
+        # The same commit again (as after an answer lost in transit): recognised, not doubled.
+        await store.commit(record, expected=1, history=HistoryChanges(append=[message]))
+        assert await store.count_messages(record.ref) == 2
+        other = new_record(record.key)
+        other.id = record.id
+        other.version = 2
+        with pytest.raises(ConflictError):  # a different record at that version is a conflict
+            await store.commit(other, expected=1)
+    finally:
+        await store.close()
+
+
+async def test_concurrent_claimers_split_the_due_sessions(schema: str) -> None:
+    stores = [PostgresStore.from_url(store_url(schema)) for _ in range(3)]
+    for s in stores:
+        await s.open()
+    try:
+        for i in range(120):
+            record = new_record(f"web:user:{i}", now=1000.0)
+            record.expires_at = 2000.0 + i
+            record.version = 1
+            await stores[0].commit(record, expected=0)
+        claimed: list[str] = []
+
+        async def claimer(store: PostgresStore) -> None:
+            while batch := await store.claim_due("expire", 5000.0, 7, claim_seconds=600):
+                claimed.extend(item.session_id for item in batch)
+
+        await asyncio.gather(*(claimer(s) for s in stores * 2))
+        assert len(claimed) == 120 and len(set(claimed)) == 120
+        assert await stores[0].claim_due("expire", 5000.0, 10) == []
+        items = await stores[0].claim_due("expire", 5700.0, 200)  # back after claim_seconds
+        assert len(items) == 120 and items[0].due_at == 5600.0
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_claiming_reads_the_partial_due_index(schema: str, admin: asyncpg.Connection) -> None:
+    await upgrade(store_url(schema))
+    await admin.execute(f'SET search_path TO "{schema}"')
+    await admin.execute("SET enable_seqscan TO off")  # an empty table would favour a seq scan
+    plan = "\n".join(r[0] for r in await admin.fetch(
+        "EXPLAIN SELECT id FROM sessions WHERE expires_at <= 1 ORDER BY expires_at LIMIT 5 "
+        "FOR UPDATE SKIP LOCKED"))
+    assert "sessions_due_expire" in plan
+
+
+# -- search, options --------------------------------------------------------------------------
+
+
+async def test_full_text_search_finds_words_and_prefixes(schema: str) -> None:
+    store = PostgresStore.from_url(store_url(schema))
+    await store.open()
+    try:
+        record = new_record("web:user:1", now=1.0)
+        record.version = 1
+        texts = ["Where is my order?", "Your ORDER ships tomorrow", "thanks!", "order again"]
+        messages = [Message(role="user", content=t, seq=i + 1) for i, t in enumerate(texts)]
+        await store.commit(record, expected=0, history=HistoryChanges(append=messages))
+        ref = record.ref
+        assert [m.seq for m in await store.search_messages(ref, "order")] == [4, 2, 1]
+        assert [m.seq for m in await store.search_messages(ref, "ORD ship")] == [2]
+        assert [m.seq for m in await store.search_messages(ref, "order", limit=1)] == [4]
+        assert await store.search_messages(ref, "nothing") == []
+        assert [m.seq for m in await store.search_messages(ref, "it's 'order'")] == []
+    finally:
+        await store.close()
+
+
+def test_url_options_are_parsed_and_checked() -> None:
+    store = open_store(
+        "postgres://u:p@db.example:6543/app?schema=bots&pool_max_size=20&pool_min_size=2"
+        "&command_timeout=2.5&sslmode=disable&migrate=no"
+    )
+    assert isinstance(store, PostgresStore)
+    assert (store.schema, store.pool_min_size, store.pool_max_size) == ("bots", 2, 20)
+    assert store.command_timeout == 2.5 and store.migrate is False
+    assert store.dsn == "postgres://u:p@db.example:6543/app?sslmode=disable"
+    assert store.shared is True
+    bad = [
+        "postgresql://h/db?schema=Bad-Name",
+        "postgresql://h/db?pool_max_size=0",
+        "postgresql://h/db?pool_max_size=100000",
+        "postgresql://h/db?pool_min_size=5&pool_max_size=2",
+        "postgresql://h/db?command_timeout=-1",
+        "postgresql://h/db?migrate=maybe",
+        "postgresql://h/db?pool_max_size=ten",
+    ]
+    for url in bad:
+        with pytest.raises(ConfigurationError):
+            open_store(url)
+    with pytest.raises(ConfigurationError, match="unknown PostgreSQL store option"):
+        PostgresStore.from_url("postgresql://h/db", poolsize=3)
