@@ -20,7 +20,13 @@ from redis.asyncio.connection import AbstractConnection
 
 from backends import BACKENDS, REDIS_URL, require_service
 from chatstate.clock import FakeClock
-from chatstate.errors import ConfigurationError, ConflictError, LeaseLost, StoreUnavailable
+from chatstate.errors import (
+    ConfigurationError,
+    ConflictError,
+    CorruptRecordError,
+    LeaseLost,
+    StoreUnavailable,
+)
 from chatstate.model import HistoryChanges, Message, SessionRecord, Status, new_record
 from chatstate.stores import open_store
 from chatstate.stores.redis import RedisStore
@@ -256,6 +262,34 @@ async def test_a_commit_whose_answer_was_lost_is_retried_once(machine_store: Red
     with pytest.raises(ConflictError):
         await machine_store.commit(record, expected=0, history=history)
     assert await machine_store.count_messages(record.ref) == 1
+
+
+async def test_quarantine_moves_only_the_bytes_it_was_given(machine_store: RedisStore) -> None:
+    key = "web:user:bad"
+    record = new_record(key, now=machine_store.clock.now())
+    record.version = 1
+    await machine_store.commit(record, expected=0)
+    row = f"{machine_store.layout.base(key)}:s:{record.id}"
+    await machine_store._client.hset(row, "b", b"{not json")
+    with pytest.raises(CorruptRecordError) as bad:
+        await machine_store.load(key)
+    assert bad.value.raw == b"{not json"
+
+    # Stale bytes (another writer already replaced the record): nothing is removed.
+    await machine_store.quarantine(key, b"older bytes", "test")
+    with pytest.raises(CorruptRecordError):
+        await machine_store.load(key)
+
+    await machine_store.quarantine(key, bad.value.raw, "not json")
+    assert await machine_store.load(key) is None
+    assert (await machine_store.count()).total == 0
+    filed = await machine_store.list_quarantined()
+    assert [(q["key"], q["raw"]) for q in filed] == [
+        (key, b"{not json"), (key, b"older bytes")
+    ]
+    fresh = new_record(key, now=machine_store.clock.now())
+    fresh.version = 1
+    await machine_store.commit(fresh, expected=0)  # the key is free again
 
 
 # -- faults -------------------------------------------------------------------------------------

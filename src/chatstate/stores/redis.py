@@ -462,7 +462,11 @@ class RedisStore(Store):
     def _decode(self, blob: bytes | None, key: str) -> SessionRecord | None:
         if blob is None:
             return None
-        return self.codec.decode(blob, key)
+        try:
+            return self.codec.decode(blob, key)
+        except CorruptRecordError as exc:
+            exc.raw = blob  # the stored bytes, so quarantine() can tell they are still there
+            raise
 
     async def load(self, key: str) -> SessionRecord | None:
         base = self.layout.base(key)
@@ -531,13 +535,9 @@ class RedisStore(Store):
         await self._ensure()
         script = self._scripts["COMMIT"]
 
-        async def attempt() -> Any:
-            result = await script(keys=keys, args=args)
-            return result
-
         async def attempt_or_recognise() -> Any:
             try:
-                return await attempt()
+                return await script(keys=keys, args=args)
             except _UNAVAILABLE:
                 # The answer was lost, so the commit may have been applied. From now on the
                 # script also accepts finding exactly this commit (same version, id and bytes)
@@ -565,7 +565,7 @@ class RedisStore(Store):
         ]
 
     async def delete(self, key: str, session_id: str | None = None) -> bool:
-        args = [key, session_id or "", "delete", "", 0, QUARANTINE_CAP]
+        args = [key, session_id or "", "delete", "", 0, QUARANTINE_CAP, ""]
         removed = await self._script("REMOVE", self._remove_keys(key), args, retry=True)
         return bool(removed)
 
@@ -573,7 +573,7 @@ class RedisStore(Store):
         entry = msgspec.msgpack.encode(
             {"key": key, "reason": reason, "at": self.clock.now(), "raw": raw}
         )
-        args = [key, "", "quarantine", entry, int(QUARANTINE_KEEP * 1000), QUARANTINE_CAP]
+        args = [key, "", "quarantine", entry, int(QUARANTINE_KEEP * 1000), QUARANTINE_CAP, raw]
         # Not retried: a repeat would file the record twice.
         await self._script("REMOVE", self._remove_keys(key), args, retry=False)
 
@@ -617,7 +617,7 @@ class RedisStore(Store):
         self, filter: SessionFilter | None = None, *, limit: int = 100, cursor: str | None = None
     ) -> Page:
         if limit <= 0:
-            return Page(items=[], next_cursor=None)
+            return Page(items=[], next_cursor=cursor)
         flt = filter or SessionFilter()
         start = _decode_cursor(cursor) if cursor else None
         # Each bucket yields its matches newest first; merge them and keep the newest `limit`.

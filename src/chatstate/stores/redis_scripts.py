@@ -148,7 +148,8 @@ return {1, tonumber(ARGV[2])}
 #       5-7 due warn/expire/purge, 8 listing index, 9 aggregates, 10 id index,
 #       11 quarantine list
 # ARGV: 1 canonical key, 2 session id ('' = the current one), 3 mode ('delete'|'quarantine'),
-#       4 quarantine entry, 5 how long quarantined history is kept (ms), 6 quarantine cap
+#       4 quarantine entry, 5 how long quarantined history is kept (ms), 6 quarantine cap,
+#       7 the unreadable bytes (quarantine: only a current record still holding them is moved)
 # -> 1 if something was removed
 REMOVE = _APPLY_DELTA + """
 local cur = redis.call('HGET', KEYS[1], 'id')
@@ -162,6 +163,12 @@ if not id then
   return 0
 end
 local row = KEYS[2] .. id
+if ARGV[3] == 'quarantine' and redis.call('HGET', row, 'b') ~= ARGV[7] then
+  -- replaced meanwhile by another writer: keep that record, file only the bad bytes
+  redis.call('LPUSH', KEYS[11], ARGV[4])
+  redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[6]) - 1)
+  return 0
+end
 local found = redis.call('EXISTS', row)
 local ag = redis.call('HGET', row, 'ag')
 if ag then apply_delta(KEYS[9], ag, false) end
