@@ -8,7 +8,8 @@ CORPUS: tuple[str, ...] = (
     "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.",
     "Conversation state is kept per session key; history is appended row by row so that the "
     "cost of one message does not grow with the length of the conversation.",
-    "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
+    "def fib(n: int) -> int:\n    if n < 2:\n        return n\n"
+    "    return fib(n - 1) + fib(n - 2)\n",
     "for (let i = 0; i < items.length; i++) {\n  console.log(`item ${i}: ${items[i].name}`);\n}",
     '{"name": "get_weather", "arguments": {"city": "Berlin", "unit": "celsius", "days": 3}}',
     '[{"id": "call_8f2a", "type": "function", "function": {"name": "search", '

@@ -146,10 +146,19 @@ class ExtractiveSummarizer:
         return self.summarize(request)
 
     def summarize(self, request: SummaryRequest) -> str:
-        candidates: list[tuple[str, float]] = []  # (sentence, bonus), in conversation order
+        # (text as written into the summary, text that is scored, bonus), in conversation order
+        candidates: list[tuple[str, str, float]] = []
+        seen: set[str] = set()
+
+        def offer(written: str, scored: str, bonus: float) -> None:
+            marker = scored.casefold()
+            if marker not in seen:  # a repeated sentence is kept once
+                seen.add(marker)
+                candidates.append((written, scored, bonus))
+
         if request.previous is not None:
             for sentence in _sentences(request.previous.content):
-                candidates.append((sentence, self.previous_bonus))
+                offer(sentence, _unprefixed(sentence), self.previous_bonus)
         for message in request.messages:
             if message.role == "system":
                 continue
@@ -160,27 +169,25 @@ class ExtractiveSummarizer:
                     str(call.get("function", {}).get("name") or call.get("name") or "a tool")
                     for call in message.tool_calls
                 )
-                candidates.append((f"{who} called {names}.", 0.5))
+                offer(f"{who} called {names}.", f"called {names}", 0.5)
             for sentence in _sentences(message.text):
-                candidates.append((f"{who}: {sentence}", bonus))
-        if not candidates:
-            return ""
+                offer(f"{who}: {sentence}", sentence, bonus)
         frequencies = Counter(
-            word for sentence, _ in candidates for word in self._words(sentence)
+            word for _, scored, _ in candidates for word in set(self._words(scored))
         )
-        scored: list[tuple[float, int]] = []
-        for index, (sentence, bonus) in enumerate(candidates):
-            words = self._words(sentence)
+        ranked: list[tuple[float, int]] = []
+        for index, (_, scored, bonus) in enumerate(candidates):
+            words = self._words(scored)
             if not words:
-                continue
+                continue  # greetings, "ok thanks": nothing worth keeping
             score = sum(frequencies[w] for w in set(words)) / math.sqrt(len(words)) * bonus
-            if any(ch.isdigit() for ch in sentence):
+            if any(ch.isdigit() for ch in scored):
                 score *= 1.2  # numbers (dates, amounts, ids) are facts worth keeping
-            scored.append((score, index))
-        scored.sort(key=lambda item: (-item[0], item[1]))
+            ranked.append((score, index))
+        ranked.sort(key=lambda item: (-item[0], item[1]))
         chosen: list[int] = []
         used = request.counter.count(self.header)
-        for _score, index in scored:
+        for _score, index in ranked:
             cost = request.counter.count(candidates[index][0]) + 1
             if used + cost > request.max_tokens:
                 continue
@@ -195,6 +202,12 @@ class ExtractiveSummarizer:
             w for w in (m.lower() for m in _WORD_RE.findall(sentence))
             if len(w) > 2 and w not in self.stopwords
         ]
+
+
+def _unprefixed(sentence: str) -> str:
+    """A summary sentence without its "Who: " prefix."""
+    head, sep, rest = sentence.partition(": ")
+    return rest if sep and len(head) <= 32 and " " not in head else sentence
 
 
 def _sentences(text: str) -> list[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import importlib.resources
+import importlib.util
 import logging
 import math
 import re
@@ -28,6 +28,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -122,14 +123,19 @@ class BPEEncoding:
 
 
 def _read_bundled(package: str, path: str) -> bytes | None:
+    # Locate the package without importing it: bpe_openai's import loads a large native
+    # library that counting with tiktoken does not need.
     try:
-        resource = importlib.resources.files(package).joinpath(path)
-        if not resource.is_file():
-            return None
-        raw = resource.read_bytes()
-    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
         return None
-    return gzip.decompress(raw) if path.endswith(".gz") else raw
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location, path)
+        if candidate.is_file():
+            raw = candidate.read_bytes()
+            return gzip.decompress(raw) if path.endswith(".gz") else raw
+    return None
 
 
 def _parse_ranks(contents: bytes) -> dict[bytes, int]:
@@ -200,7 +206,7 @@ class HeuristicEncoding:
     """An estimate of cl100k counts for when no real encoding is installed.
 
     The constants were fitted against cl100k_base on mixed prose, chat, code, JSON, numbers and
-    non-Latin scripts (see tests/memory/test_tokens.py, which keeps the error within bounds):
+    non-Latin scripts (see tests/memory/test_memory_tokens.py, which keeps the error within bounds):
     Latin words up to 6 letters cost one token, longer ones about one per 6 letters, very long
     (rare) ones one per 4; digits go in groups of three; each punctuation mark is about one
     token; CJK is about one token per character and other non-ASCII letters about one per two
