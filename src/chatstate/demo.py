@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+from .clock import Clock
 from .engine import SessionManager
 from .model import Incoming, Message, Outgoing, SessionKey, SessionRecord
 from .policy import LifecyclePolicy
+from .stores.base import Store
 
 HELP = (
     "I remember your name and count your messages, even after a restart.\n"
@@ -99,6 +101,6 @@ def _when(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def demo_manager(store_url: str | None) -> SessionManager:
-    """The manager the demo bot runs on: the demo's policy and defaults on `store_url`."""
-    return SessionManager(store_url, policy=DEMO_POLICY, defaults=DEMO_DEFAULTS)
+def demo_manager(store: Store | str | None, *, clock: Clock | None = None) -> SessionManager:
+    """The manager the demo bot runs on: the demo's policy and defaults on `store`."""
+    return SessionManager(store, policy=DEMO_POLICY, defaults=DEMO_DEFAULTS, clock=clock)
