@@ -95,6 +95,11 @@ class Codec:
                 record = self._decode_slow(raw, key)
         if self.encryptor is not None:
             record.data = self._open(record.data, key)
+        elif len(record.data) == 1 and isinstance(record.data.get(_ENC_FIELD), str):
+            raise EncryptionError(
+                f"session {key!r} is encrypted but no key is configured; set "
+                "CHATSTATE_ENCRYPTION_KEY (or CHATSTATE_ENCRYPTION_KEYS=new,old)"
+            )
         return record
 
     def _decode_slow(self, raw: bytes, key: str) -> SessionRecord:
