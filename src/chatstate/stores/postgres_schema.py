@@ -98,8 +98,10 @@ CREATE TABLE {schema}.summaries (
 );
 
 -- Active leases only: a released lease is deleted. Fencing tokens come from one sequence, so
--- they grow per key even across releases.
-CREATE TABLE {schema}.leases (
+-- they grow per key even across releases. UNLOGGED: a lease is worth nothing after a server
+-- crash (the table is emptied, every holder's commit then fails its lease check, which is
+-- safe), and taking one then writes no WAL, so lease_and_load commits without a disk flush.
+CREATE UNLOGGED TABLE {schema}.leases (
     key        text PRIMARY KEY,
     owner      text NOT NULL,
     token      bigint NOT NULL,
