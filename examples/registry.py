@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from chatstate.flows import FlowRunner
+from examples import flows_booking, flows_customer, flows_order, flows_registration
 
-from . import flows_booking, flows_customer, flows_order, flows_registration
+from chatstate.flows import FlowRunner
 
 FLOW_EXAMPLES: dict[str, Callable[[], FlowRunner]] = {
     "registration": flows_registration.build_runner,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from flowchat import WEDNESDAY
 
 from chatstate.clock import FakeClock
-from flowchat import WEDNESDAY
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatstate.flows import FlowRunner
 from examples import flows_booking, flows_customer, flows_order, flows_registration
+
+from chatstate.flows import FlowRunner
 
 
 @dataclass

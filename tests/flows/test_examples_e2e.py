@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from examples import flows_booking, flows_registration
+from examples_spec import BY_NAME, SPECS, ExampleSpec
+from flowchat import WEDNESDAY, Chat
 
 from chatstate.clock import FakeClock
 from chatstate.engine import SessionManager
 from chatstate.flows import FlowRunner
 from chatstate.model import Status
-from examples import flows_booking, flows_registration
-from examples_spec import BY_NAME, SPECS, ExampleSpec
-from flowchat import WEDNESDAY, Chat
 
 HAS_SQLITE = importlib.util.find_spec("chatstate.stores.sqlite") is not None
 needs_sqlite = pytest.mark.skipif(not HAS_SQLITE, reason="chatstate.stores.sqlite not there yet")

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import pytest
+from flowchat import Chat
 
 from chatstate.errors import FlowError, TransitionError
 from chatstate.flows import FlowContext, FlowRunner, Next, StateMachine, StateMachineFlow
 from chatstate.model import SessionKey, new_record
 from chatstate.session import Session
-
-from flowchat import Chat
 
 
 def seed_machine() -> StateMachine:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from flowchat import Chat
 
 from chatstate.errors import FlowError
 from chatstate.flows import (
@@ -27,7 +28,6 @@ from chatstate.flows import (
     validators,
 )
 from chatstate.model import FlowPosition, Incoming
-from flowchat import Chat
 
 
 def survey(version: int = 1, **settings: Any) -> Wizard:
@@ -368,3 +368,15 @@ def test_diagram_command() -> None:
 
 def test_on_exhausted_enum_accepts_strings() -> None:
     assert Step("s", "?", on_exhausted="handoff").on_exhausted is OnExhausted.HANDOFF
+
+
+async def test_cancel_leaves_even_when_the_result_hook_fails() -> None:
+    def broken_hook(session: object, result: FlowResult) -> None:
+        raise RuntimeError("analytics down")
+
+    chat = Chat(FlowRunner([survey()], on_result=broken_hook))
+    await chat.send("/survey")
+    await chat.send("Ana")
+    await chat.send("/cancel")
+    assert chat.session.flow is None and chat.session.state == IDLE
+    assert "Something went wrong" in chat.text

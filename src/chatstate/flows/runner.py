@@ -136,6 +136,11 @@ class FlowRunner:
             session.record.last_error = f"{type(exc).__name__}: {exc}"[:500]
             session.record.last_error_at = ctx.now
             ctx.replies = [Outgoing(text=ctx.t("error"))]
+            if self.commands.match(incoming) in (Escape.CANCEL, Escape.START, Escape.RESET):
+                # Leaving must work even when a hook of the flow being left is broken.
+                self._leave(session)
+                ctx.replies = [Outgoing(text=ctx.t("error"), remove_keyboard=True),
+                               self.menu(ctx.language)]
         if session.flow is None and session.state is None:
             session.state = IDLE
         return ctx.replies
