@@ -508,3 +508,37 @@ def test_url_options_are_parsed_and_checked() -> None:
             open_store(url)
     with pytest.raises(ConfigurationError, match="unknown PostgreSQL store option"):
         PostgresStore.from_url("postgresql://h/db", poolsize=3)
+
+
+async def test_the_maintained_message_count_follows_appends_and_drops(schema: str) -> None:
+    store = PostgresStore.from_url(store_url(schema))
+    await store.open()
+    try:
+        record = new_record("web:user:1", now=1.0)
+        record.version = 1
+        first = [Message(role="user", content=f"m{i}", seq=i) for i in range(1, 6)]
+        await store.commit(record, expected=0, history=HistoryChanges(append=first))
+        assert await store.count_messages(record.ref) == 5
+        record.version = 2
+        later = [Message(role="user", content=f"m{i}", seq=i) for i in range(6, 8)]
+        await store.commit(record, expected=1, history=HistoryChanges(
+            append=later, drop_messages_through=3))
+        assert await store.count_messages(record.ref) == 4
+        assert [m.seq for m in await store.read_tail(record.ref, 10)] == [4, 5, 6, 7]
+        assert [m.seq for m in await store.read_tail(record.ref, 2, before_seq=7)] == [5, 6]
+        # A new session for the key keeps the old one (and its history) retrievable by id.
+        successor = new_record("web:user:1", now=2.0)
+        successor.version = 3
+        await store.commit(successor, expected=2)
+        assert await store.count_messages(successor.ref) == 0
+        assert await store.count_messages(record.ref) == 4
+        old = await store.load_by_id(record.id)
+        assert old is not None and old.version == 2
+        assert (await store.count()).total == 2
+        assert await store.delete(record.key, record.id) is True
+        assert await store.count_messages(record.ref) == 0
+        assert await store.read_tail(record.ref, 10) == []
+        current = await store.load(record.key)
+        assert current is not None and current.id == successor.id
+    finally:
+        await store.close()

@@ -199,15 +199,16 @@ BEGIN
         RETURN;
     END IF;
 
+    -- Drops apply to what was stored before this commit, then the new messages go in.
+    IF p_drop_through IS NOT NULL THEN
+        DELETE FROM {schema}.messages WHERE session_id = p_id AND seq <= p_drop_through;
+        GET DIAGNOSTICS v_dropped = ROW_COUNT;
+    END IF;
     IF p_append IS NOT NULL THEN
         INSERT INTO {schema}.messages (session_id, seq, tokens, record)
             SELECT p_id, (m ->> 'seq')::bigint, coalesce((m ->> 'tokens')::integer, 0), m
             FROM jsonb_array_elements(p_append) AS m;
         GET DIAGNOSTICS v_added = ROW_COUNT;
-    END IF;
-    IF p_drop_through IS NOT NULL THEN
-        DELETE FROM {schema}.messages WHERE session_id = p_id AND seq <= p_drop_through;
-        GET DIAGNOSTICS v_dropped = ROW_COUNT;
     END IF;
     IF p_drop_summaries THEN
         DELETE FROM {schema}.summaries WHERE session_id = p_id;
