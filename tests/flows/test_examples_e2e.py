@@ -215,3 +215,21 @@ async def test_customer_new_account_through_the_signup_subflow(manager: SessionM
     await chat.press("View Orders")
     assert "No orders yet" in chat.text
     assert (await chat.record()).flow is None
+
+
+async def test_flow_events_and_timeouts_for_the_lifecycle(manager: SessionManager) -> None:
+    spec = BY_NAME["order"]
+    runner = spec.build()
+    chat = Chat(runner, manager)
+    await walk(chat, spec, 2)
+    timeouts = runner.timeouts_for((await chat.record()).flow)
+    assert timeouts is not None and timeouts.idle_timeout == 30 * 60
+    assert timeouts.expiry_message and "/order" in timeouts.expiry_message
+    assert runner.timeouts_for(None) is None
+    for _step, good, _ in spec.path[2:]:
+        await chat.send(good)
+    counts = manager.events.counts
+    assert counts["flow.started"] == 1 and counts["flow.completed"] == 1
+    await chat.send("/order")
+    await chat.send("/cancel")
+    assert counts["flow.started"] == 2 and counts["flow.cancelled"] == 1

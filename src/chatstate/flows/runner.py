@@ -30,6 +30,7 @@ from .base import (
     Flow,
     FlowContext,
     FlowResult,
+    FlowTimeouts,
     OnExhausted,
     Reply,
     Status,
@@ -108,6 +109,16 @@ class FlowRunner:
         table = self._texts.get(language) or self._texts["en"]
         template = table.get(key) or self._texts["en"][key]
         return template.format(**values)
+
+    def timeouts_for(self, position: FlowPosition | None) -> FlowTimeouts | None:
+        """The timeouts in force at `position` (a record's `flow`): those of the innermost flow
+        that declares some, so a sub-flow without its own inherits its parent's."""
+        while position is not None:
+            flow = self.flows.get(position.name)
+            if flow is not None and flow.timeouts is not None:
+                return flow.timeouts
+            position = position.parent
+        return None
 
     def is_declared(self, session: Session) -> bool:
         """Whether the session is idle or at a step its flow declares (the invariant that tests
