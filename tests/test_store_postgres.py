@@ -542,3 +542,33 @@ async def test_the_maintained_message_count_follows_appends_and_drops(schema: st
         assert current is not None and current.id == successor.id
     finally:
         await store.close()
+
+
+async def test_an_unreadable_record_is_quarantined_and_the_key_freed(schema: str) -> None:
+    from chatstate.engine import SessionManager
+    from chatstate.errors import CorruptRecordError
+
+    store = PostgresStore.from_url(store_url(schema))
+    manager = SessionManager(store, clock=FakeClock())
+    try:
+        key = "web:user:1"
+        await manager.update(key, lambda s: s.data.update(n=1))
+        await store._put_raw(key, b'{"id": 42, "key": []}')  # valid JSON, not a record
+        with pytest.raises(CorruptRecordError):
+            await store.load(key)
+        with pytest.raises(CorruptRecordError) as raised:
+            await store.lease_and_load(key, "someone", 5.0)
+        assert getattr(raised.value, "lease", None) is not None
+        await store.release(raised.value.lease)  # type: ignore[attr-defined]
+        assert (await store.list()).items == []  # listing skips it
+        # The engine quarantines it and carries on with a fresh session.
+        async with manager.session(key) as s:
+            assert s.data == {}
+            s.data["n"] = 2
+        quarantined = await store.list_quarantined()
+        assert len(quarantined) == 1 and quarantined[0]["key"] == key
+        assert b'"key"' in quarantined[0]["raw"]
+        record = await store.load(key)
+        assert record is not None and record.data == {"n": 2}
+    finally:
+        await manager.aclose()

@@ -41,6 +41,7 @@ import base64
 import builtins
 import logging
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -655,6 +656,28 @@ class PostgresStore(Store):
             {"key": r["key"], "reason": r["reason"], "at": r["at"], "raw": bytes(r["raw"])}
             for r in rows
         ]
+
+    async def _put_raw(self, key: str, raw: bytes) -> None:
+        """Maintenance/test hook: store `raw` as the current record of `key` unchecked (e.g. to
+        simulate a corrupted record). The column is JSONB, so bytes that are not JSON are
+        stored as a JSON string of their text (which the codec then refuses, as it should)."""
+        try:
+            msgspec.json.decode(raw)
+            doc = bytes(raw)
+        except msgspec.DecodeError:
+            doc = msgspec.json.encode(bytes(raw).decode("utf-8", "replace"))
+        platform, _, rest = key.partition(":")
+        scope = rest.partition(":")[0]
+        query = (
+            f"WITH u AS (UPDATE {self._q}.sessions SET record = $2 WHERE key = $1 AND is_current "
+            f"RETURNING id) INSERT INTO {self._q}.sessions (id, key, is_current, status, "
+            "platform, scope, created_at, last_activity, version, record) "
+            "SELECT $3, $1, true, 'active', $4, $5, 0, 0, 1, $2 WHERE NOT EXISTS (SELECT 1 FROM u)"
+        )
+        await self._write(
+            "put_raw",
+            lambda c: c.execute(query, key, doc, f"raw-{uuid.uuid4().hex}", platform, scope),
+        )
 
     async def list(
         self, filter: SessionFilter | None = None, *, limit: int = 100, cursor: str | None = None
