@@ -30,6 +30,7 @@ IDLE = "idle"
 """`session.state` of a session that is not inside any flow."""
 
 PAYLOAD_SEP = "/"
+MAX_PAYLOAD_BYTES = 64  # Telegram's callback_data limit, the tightest of the platforms
 MAX_AUTO_STEPS = 25  # actions that chain into actions: a cycle must not spin forever
 
 
@@ -136,7 +137,11 @@ async def call_flexible(fn: Callable[..., Any], *args: Any) -> Any:
 def make_payload(flow: str, version: int, step: str, value: str) -> str:
     """Button payload naming the flow, version and step it belongs to, so a press on a button
     from an older message or an older deploy is recognised instead of misread."""
-    return f"{flow}@{version}{PAYLOAD_SEP}{step}{PAYLOAD_SEP}{value}"
+    payload = f"{flow}@{version}{PAYLOAD_SEP}{step}{PAYLOAD_SEP}{value}"
+    if len(payload.encode()) > MAX_PAYLOAD_BYTES:
+        log.warning("button payload %r is over %d bytes (Telegram's callback_data limit); "
+                    "use shorter flow, step or option names", payload, MAX_PAYLOAD_BYTES)
+    return payload
 
 
 def parse_payload(payload: str) -> tuple[str, int, str, str] | None:
