@@ -27,7 +27,7 @@ import msgspec
 
 from ..errors import ChatstateError, InvalidMessageError, SummaryError
 from ..events import Event
-from ..model import Message, SessionKey, SessionRecord, Status, Summary
+from ..model import Message, SessionKey, SessionRecord, SessionRef, Status, Summary
 from ..session import Session
 from ..stores.base import SessionFilter
 from . import ledger
@@ -612,16 +612,24 @@ class Memory:
         seq = last if at_seq is None else at_seq
         if not 0 <= seq <= last:
             raise ChatstateError(f"at_seq must be between 0 and {last}, got {seq}")
-        parent_forks = [link for link in forks_of(parent) if link.seq <= seq]
-        parent_after = parent_forks[-1].seq if parent_forks else 0
-        forks = list(parent_forks)
-        if seq > parent_after:
+        # The ancestors' segments up to `seq` (the last one cut at `seq`), then the parent's own.
+        ancestry = forks_of(parent)
+        own_after = ancestry[-1].seq if ancestry else 0
+        forks: list[ForkLink] = []
+        for link in ancestry:
+            if link.after >= seq:
+                break
+            if link.seq > seq:
+                cut = await self._count_range(SessionRef(link.key, link.id), link.after, seq)
+                link = msgspec.structs.replace(link, seq=seq, count=cut)
+            forks.append(link)
+        if seq > own_after:
             if seq == last:
                 count = await self.manager.store.count_messages(parent.ref)
             else:
-                count = await self._count_range(parent, parent_after, seq)
+                count = await self._count_range(parent.ref, own_after, seq)
             forks.append(
-                ForkLink(key=parent.key, id=parent.id, seq=seq, after=parent_after, count=count)
+                ForkLink(key=parent.key, id=parent.id, seq=seq, after=own_after, count=count)
             )
         summaries = [s for s in await self.reader.summaries(parent) if s.end_seq <= seq]
         existing = await self.manager.get(new_key)
@@ -646,12 +654,13 @@ class Memory:
             record = child.record
         return record
 
-    async def _count_range(self, record: SessionRecord, after: int, upto: int) -> int:
+    async def _count_range(self, ref: SessionRef, after: int, upto: int) -> int:
+        """Messages stored with after < seq <= upto (range reads of 1000)."""
         total = 0
         low = after + 1
         while low <= upto:
             high = min(upto, low + 999)
-            total += len(await self.manager.store.read_range(record.ref, low, high))
+            total += len(await self.manager.store.read_range(ref, low, high))
             low = high + 1
         return total
 
