@@ -15,9 +15,10 @@ script call, so a serialised update costs two round trips.
 
 Data layout (P = prefix, B = the session base, K = canonical session key)::
 
-    B:r           hash  v (version), id           the key's current session
-    B:s:<id>      hash  b (record), v, ag (aggregate contribution), st, fl, sp, gc
-    B:l           hash  o (owner), t (fencing token), e (lease expiry)
+    B:r           hash  v (version), id           the key's current session, and its lease:
+                        o (owner, '' = free), t (fencing token), e (lease expiry)
+    B:s:<id>      hash  b (record), v, ag (aggregate contribution), nm, nk, nd (sums), st, fl,
+                        sp (filter fields), gc
     B:h:<id>      zset  score seq -> message      history (a message carries its token count)
     B:m:<id>      zset  score end_seq -> summary
     I:due:<kind>  zset  score due time -> "K id"  one per kind (warn, expire, purge)
@@ -41,7 +42,8 @@ the buckets (at most `buckets` small calls, independent of the number of session
 Time: lease and due times come from the store's `clock` (client side, passed to the scripts),
 so the same code runs under a FakeClock in tests. Native key expiry is only a garbage-collection
 backstop: a closed record's keys expire ``gc_margin`` after its ``purge_at`` (the lifecycle purges
-them through the due index first), and an idle lease hash expires a day after its lease.
+them through the due index first), and a pointer that holds only a lease (no session) expires a
+day after it was taken.
 """
 
 from __future__ import annotations
@@ -102,7 +104,9 @@ T = TypeVar("T")
 
 DEFAULT_PREFIX = "chatstate"
 DEFAULT_CLUSTER_BUCKETS = 16
-LEASE_KEY_BACKSTOP = 86_400.0  # an idle lease hash (holding the token counter) expires after this
+# A pointer hash holding only a lease and its token counter (no session) expires after this.
+POINTER_BACKSTOP = 86_400.0
+_POINTER_BACKSTOP_MS = int(POINTER_BACKSTOP * 1000)
 QUARANTINE_KEEP = 30 * 86_400.0  # history of a quarantined session is kept this long
 QUARANTINE_CAP = 1000  # newest quarantined records kept per bucket
 SCAN_BUDGET = 2000  # index entries one scan call examines at most (bounds its server time)
@@ -174,7 +178,15 @@ class _Contribution:
     """What one stored row adds to the aggregates (the `ag` field), and its filter fields."""
 
     @staticmethod
+    def sums(record: SessionRecord) -> tuple[int, int, int]:
+        """Messages handled, tokens used and duration in ms: summed by the aggregates."""
+        tokens = record.usage.input_tokens + record.usage.output_tokens
+        duration = round(max(0.0, record.last_activity - record.created_at) * 1000)
+        return record.counters.messages, tokens, duration
+
+    @staticmethod
     def of(record: SessionRecord) -> bytes:
+        """The categorical part (counts by status, platform, reason, step, label)."""
         status = record.status.value
         out: list[Any] = ["t", 1, "s:" + status, 1, "p:" + record.platform, 1]
         if record.close_reason:
@@ -184,15 +196,6 @@ class _Contribution:
             out += [f"f:{flow.name}:{flow.step or ''}", 1]
         for name, value in sorted(record.labels.items()):
             out += [f"l:{name}{_LABEL_SEP}{value}", 1]
-        messages = record.counters.messages
-        tokens = record.usage.input_tokens + record.usage.output_tokens
-        duration = round(max(0.0, record.last_activity - record.created_at) * 1000)
-        if messages:
-            out += ["m", messages]
-        if tokens:
-            out += ["k", tokens]
-        if duration:
-            out += ["d", duration]
         return msgspec.json.encode(out)
 
 
@@ -506,7 +509,7 @@ class RedisStore(Store):
         base = layout.base(key)
         sid = record.id
         keys = [
-            f"{base}:r", f"{base}:s:{sid}", f"{base}:l", f"{base}:h:{sid}", f"{base}:m:{sid}",
+            f"{base}:r", f"{base}:s:{sid}", f"{base}:h:{sid}", f"{base}:m:{sid}",
             *(layout.index(bucket, f"due:{kind}") for kind in DUE_KINDS),
             layout.index(bucket, "list"), layout.index(bucket, "agg"), layout.index(bucket, "ids"),
         ]
@@ -526,7 +529,7 @@ class RedisStore(Store):
             "1" if release else "0", gc_ms,
             "" if changes.drop_messages_through is None else changes.drop_messages_through,
             "1" if changes.drop_summaries else "0", key,
-            len(changes.append), len(changes.summaries), "0",
+            len(changes.append), len(changes.summaries), "0", *_Contribution.sums(record),
         ]
         for message in changes.append:
             args += [message.seq, self.codec.encode_message(message)]
@@ -565,7 +568,7 @@ class RedisStore(Store):
         ]
 
     async def delete(self, key: str, session_id: str | None = None) -> bool:
-        args = [key, session_id or "", "delete", "", 0, QUARANTINE_CAP, ""]
+        args = [key, session_id or "", "delete", "", 0, QUARANTINE_CAP, "", _POINTER_BACKSTOP_MS]
         removed = await self._script("REMOVE", self._remove_keys(key), args, retry=True)
         return bool(removed)
 
@@ -573,7 +576,10 @@ class RedisStore(Store):
         entry = msgspec.msgpack.encode(
             {"key": key, "reason": reason, "at": self.clock.now(), "raw": raw}
         )
-        args = [key, "", "quarantine", entry, int(QUARANTINE_KEEP * 1000), QUARANTINE_CAP, raw]
+        args = [
+            key, "", "quarantine", entry, int(QUARANTINE_KEEP * 1000), QUARANTINE_CAP, raw,
+            _POINTER_BACKSTOP_MS,
+        ]
         # Not retried: a repeat would file the record twice.
         await self._script("REMOVE", self._remove_keys(key), args, retry=False)
 
@@ -753,10 +759,10 @@ class RedisStore(Store):
         base = self.layout.base(key)
         now = self.clock.now()
         expires = now + ttl
-        backstop = int((ttl + LEASE_KEY_BACKSTOP) * 1000)
+        backstop = int((ttl + POINTER_BACKSTOP) * 1000)
         # Retrying is safe: a second try by the same owner takes the lease again (new token).
         token, blob = await self._script(
-            "LEASE_AND_LOAD", [f"{base}:l", f"{base}:r", f"{base}:s:"],
+            "LEASE_AND_LOAD", [f"{base}:r", f"{base}:s:"],
             [owner, _float(now), _float(expires), backstop], retry=True,
         )
         if token == 0:
@@ -771,9 +777,8 @@ class RedisStore(Store):
         now = self.clock.now()
         expires = now + ttl
         ok = await self._script(
-            "RENEW", [f"{self.layout.base(lease.key)}:l"],
-            [lease.owner, lease.token, _float(now), _float(expires),
-             int((ttl + LEASE_KEY_BACKSTOP) * 1000)],
+            "RENEW", [f"{self.layout.base(lease.key)}:r"],
+            [lease.owner, lease.token, _float(now), _float(expires)],
             retry=True,
         )
         if not ok:
@@ -782,7 +787,7 @@ class RedisStore(Store):
 
     async def release(self, lease: Lease) -> None:
         await self._script(
-            "RELEASE", [f"{self.layout.base(lease.key)}:l"], [lease.owner, lease.token],
+            "RELEASE", [f"{self.layout.base(lease.key)}:r"], [lease.owner, lease.token],
             retry=True,
         )
 

@@ -6,8 +6,9 @@ as *prefixes* in KEYS (they carry the hash tag, so they route to the right slot)
 appends the id.
 
 Aggregate contributions (`ag`) are JSON arrays ``[field, amount, field, amount, ...]`` computed
-by the client from the record; the commit script applies new-minus-old to the bucket's aggregate
-hash so counts never need a scan.
+by the client from the record (status, platform, close reason, flow step, labels); the numeric
+sums (messages, tokens, duration) are plain row fields. The commit script applies new-minus-old
+to the bucket's aggregate hash, so counts never need a scan.
 """
 
 from __future__ import annotations
@@ -31,7 +32,23 @@ local function apply_delta(agg, old, new)
 end
 """
 
-# KEYS: 1 current pointer, 2 row prefix
+# The pointer hash B:r holds the key's current session (v, id) and its lease (o owner, '' when
+# free; t fencing token; e expiry), so one read checks both.
+# Numeric sums (messages, tokens, duration ms) live in row fields nm, nk, nd; `ag` holds only the
+# categorical contribution, which rarely changes, so most commits skip decoding it.
+_APPLY_SUMS = """
+local function apply_sums(agg, old_m, old_k, old_d, m, k, d)
+  local names = {'m', 'k', 'd'}
+  local before = {tonumber(old_m) or 0, tonumber(old_k) or 0, tonumber(old_d) or 0}
+  local after = {tonumber(m) or 0, tonumber(k) or 0, tonumber(d) or 0}
+  for i = 1, 3 do
+    local delta = after[i] - before[i]
+    if delta ~= 0 then redis.call('HINCRBY', agg, names[i], string.format('%d', delta)) end
+  end
+end
+"""
+
+# KEYS: 1 pointer, 2 row prefix
 # -> blob of the current record or nil
 LOAD = """
 local id = redis.call('HGET', KEYS[1], 'id')
@@ -39,139 +56,142 @@ if not id then return false end
 return redis.call('HGET', KEYS[2] .. id, 'b')
 """
 
-# KEYS: 1 lease, 2 current pointer, 3 row prefix
-# ARGV: 1 owner, 2 now, 3 expires_at, 4 lease key expiry backstop (ms)
+# KEYS: 1 pointer, 2 row prefix
+# ARGV: 1 owner, 2 now, 3 expires_at, 4 expiry backstop (ms) of a pointer that holds no session
 # -> {token, blob|nil} when taken, {0, expires_at of the holder} when busy
 LEASE_AND_LOAD = """
-local l = redis.call('HMGET', KEYS[1], 'o', 'e')
-if l[1] and l[1] ~= ARGV[1] and (tonumber(l[2]) or 0) > tonumber(ARGV[2]) then
-  return {0, l[2]}
+local h = redis.call('HMGET', KEYS[1], 'o', 'e', 't', 'id')
+if h[1] and h[1] ~= '' and h[1] ~= ARGV[1] and (tonumber(h[2]) or 0) > tonumber(ARGV[2]) then
+  return {0, h[2]}
 end
-local token = redis.call('HINCRBY', KEYS[1], 't', 1)
-redis.call('HSET', KEYS[1], 'o', ARGV[1], 'e', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local id = redis.call('HGET', KEYS[2], 'id')
-local blob = false
-if id then blob = redis.call('HGET', KEYS[3] .. id, 'b') end
-return {token, blob}
+local token = (tonumber(h[3]) or 0) + 1
+redis.call('HSET', KEYS[1], 't', token, 'o', ARGV[1], 'e', ARGV[3])
+if not h[4] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {token, false}
+end
+return {token, redis.call('HGET', KEYS[2] .. h[4], 'b')}
 """
 
-# KEYS: 1 lease; ARGV: 1 owner, 2 token, 3 now, 4 new expires_at, 5 backstop (ms)
+# KEYS: 1 pointer; ARGV: 1 owner, 2 token, 3 now, 4 new expires_at
 RENEW = """
 local l = redis.call('HMGET', KEYS[1], 'o', 't', 'e')
 if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] or (tonumber(l[3]) or 0) <= tonumber(ARGV[3]) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'e', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
-# KEYS: 1 lease; ARGV: 1 owner, 2 token. The token counter stays so tokens keep growing.
+# KEYS: 1 pointer; ARGV: 1 owner, 2 token. The token counter stays so tokens keep growing.
 RELEASE = """
 local l = redis.call('HMGET', KEYS[1], 'o', 't')
 if l[1] == ARGV[1] and l[2] == ARGV[2] then
-  redis.call('HDEL', KEYS[1], 'o', 'e')
+  redis.call('HSET', KEYS[1], 'o', '', 'e', '0')
   return 1
 end
 return 0
 """
 
-# KEYS: 1 current pointer, 2 row, 3 lease, 4 history, 5 summaries, 6-8 due warn/expire/purge,
-#       9 listing index, 10 aggregates, 11 id -> key index
+# KEYS: 1 pointer, 2 row, 3 history, 4 summaries, 5-7 due warn/expire/purge,
+#       8 listing index, 9 aggregates, 10 id -> key index
 # ARGV: 1 expected, 2 new version, 3 id, 4 blob, 5 ag, 6 status, 7 flow, 8 step,
 #       9 last_activity, 10 index member, 11-13 due warn/expire/purge ('' = none),
 #       14 lease owner ('' = no lease), 15 lease token, 16 now, 17 release ('1'),
 #       18 GC backstop in ms ('0' = none), 19 drop messages through ('' = no),
 #       20 drop summaries ('1'), 21 canonical key, 22 n messages, 23 n summaries,
 #       24 retry ('1' when an earlier attempt of this same commit may have been applied),
-#       25.. (seq, blob) per message then (end_seq, blob) per summary
+#       25 messages handled, 26 tokens, 27 duration (ms),
+#       28.. (seq, blob) per message then (end_seq, blob) per summary
 # -> {1, version} committed (or, on a retry, found already applied by the earlier attempt);
 #    {0, stored version} version conflict; {-1, stored token} lease lost
-COMMIT = _APPLY_DELTA + """
-local cur = redis.call('HMGET', KEYS[1], 'v', 'id')
+COMMIT = _APPLY_DELTA + _APPLY_SUMS + """
+local cur = redis.call('HMGET', KEYS[1], 'v', 'id', 'o', 't', 'e')
 local curv = tonumber(cur[1]) or 0
 local id = ARGV[3]
-if curv ~= tonumber(ARGV[1]) then
-  if ARGV[24] == '1' and curv == tonumber(ARGV[2]) and cur[2] == id
-      and redis.call('HGET', KEYS[2], 'b') == ARGV[4] then
-    return {1, curv}
-  end
-  if ARGV[14] == '' then return {0, curv} end
+if ARGV[24] == '1' and curv == tonumber(ARGV[2]) and cur[2] == id
+    and redis.call('HGET', KEYS[2], 'b') == ARGV[4] then
+  return {1, curv}
 end
-if ARGV[14] ~= '' then
-  local l = redis.call('HMGET', KEYS[3], 'o', 't', 'e')
-  if l[1] ~= ARGV[14] or l[2] ~= ARGV[15] or (tonumber(l[3]) or 0) <= tonumber(ARGV[16]) then
-    return {-1, tonumber(l[2]) or 0}
-  end
-  if curv ~= tonumber(ARGV[1]) then return {0, curv} end
+if ARGV[14] ~= '' and (cur[3] ~= ARGV[14] or cur[4] ~= ARGV[15]
+    or (tonumber(cur[5]) or 0) <= tonumber(ARGV[16])) then
+  return {-1, tonumber(cur[4]) or 0}
 end
-local old = redis.call('HMGET', KEYS[2], 'ag', 'gc')
-apply_delta(KEYS[10], old[1], ARGV[5])
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'id', id)
+if curv ~= tonumber(ARGV[1]) then return {0, curv} end
+local old = redis.call('HMGET', KEYS[2], 'ag', 'gc', 'nm', 'nk', 'nd')
+if old[1] ~= ARGV[5] then apply_delta(KEYS[9], old[1], ARGV[5]) end
+apply_sums(KEYS[9], old[3], old[4], old[5], ARGV[25], ARGV[26], ARGV[27])
+if ARGV[17] == '1' and ARGV[14] ~= '' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'id', id, 'o', '', 'e', '0')
+else
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'id', id)
+end
 redis.call('HSET', KEYS[2], 'b', ARGV[4], 'v', ARGV[2], 'ag', ARGV[5], 'st', ARGV[6],
-  'fl', ARGV[7], 'sp', ARGV[8], 'gc', ARGV[18])
-if cur[2] ~= id then redis.call('HSET', KEYS[11], id, ARGV[21]) end
+  'fl', ARGV[7], 'sp', ARGV[8], 'gc', ARGV[18], 'nm', ARGV[25], 'nk', ARGV[26], 'nd', ARGV[27])
+if cur[2] ~= id then redis.call('HSET', KEYS[10], id, ARGV[21]) end
 local member = ARGV[10]
-redis.call('ZADD', KEYS[9], ARGV[9], member)
+redis.call('ZADD', KEYS[8], ARGV[9], member)
 for i = 0, 2 do
   local at = ARGV[11 + i]
-  if at == '' then redis.call('ZREM', KEYS[6 + i], member)
-  else redis.call('ZADD', KEYS[6 + i], at, member) end
+  if at == '' then redis.call('ZREM', KEYS[5 + i], member)
+  else redis.call('ZADD', KEYS[5 + i], at, member) end
 end
-if ARGV[19] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[19]) end
-if ARGV[20] == '1' then redis.call('DEL', KEYS[5]) end
-local n = 25
+if ARGV[19] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[19]) end
+if ARGV[20] == '1' then redis.call('DEL', KEYS[4]) end
+local n = 28
 local nm = tonumber(ARGV[22])
 if nm > 0 then
   local z = {}
   for i = 0, nm - 1 do z[#z + 1] = ARGV[n + 2 * i]; z[#z + 1] = ARGV[n + 2 * i + 1] end
-  redis.call('ZADD', KEYS[4], unpack(z))
+  redis.call('ZADD', KEYS[3], unpack(z))
 end
 n = n + 2 * nm
 local ns = tonumber(ARGV[23])
 if ns > 0 then
   local z = {}
   for i = 0, ns - 1 do z[#z + 1] = ARGV[n + 2 * i]; z[#z + 1] = ARGV[n + 2 * i + 1] end
-  redis.call('ZADD', KEYS[5], unpack(z))
+  redis.call('ZADD', KEYS[4], unpack(z))
 end
 if ARGV[18] ~= '0' then
-  for i = 1, 5 do if i ~= 3 then redis.call('PEXPIRE', KEYS[i], ARGV[18]) end end
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[18]) end
 elseif old[2] and old[2] ~= '0' then
-  for i = 1, 5 do if i ~= 3 then redis.call('PERSIST', KEYS[i]) end end
+  for i = 1, 4 do redis.call('PERSIST', KEYS[i]) end
+elseif cur[2] ~= id then
+  redis.call('PERSIST', KEYS[1])  -- a pointer created by a lease had a backstop expiry
 end
-if ARGV[17] == '1' and ARGV[14] ~= '' then redis.call('HDEL', KEYS[3], 'o', 'e') end
 return {1, tonumber(ARGV[2])}
 """
 
-# KEYS: 1 current pointer, 2 row prefix, 3 history prefix, 4 summaries prefix,
+# KEYS: 1 pointer, 2 row prefix, 3 history prefix, 4 summaries prefix,
 #       5-7 due warn/expire/purge, 8 listing index, 9 aggregates, 10 id index,
 #       11 quarantine list
 # ARGV: 1 canonical key, 2 session id ('' = the current one), 3 mode ('delete'|'quarantine'),
 #       4 quarantine entry, 5 how long quarantined history is kept (ms), 6 quarantine cap,
-#       7 the unreadable bytes (quarantine: only a current record still holding them is moved)
+#       7 the unreadable bytes (quarantine: only a current record still holding them is moved),
+#       8 expiry backstop (ms) of the pointer once it holds no session (keeps the token counter)
 # -> 1 if something was removed
-REMOVE = _APPLY_DELTA + """
+REMOVE = _APPLY_DELTA + _APPLY_SUMS + """
 local cur = redis.call('HGET', KEYS[1], 'id')
 local id = ARGV[2]
 if id == '' then id = cur end
+local function file_entry()
+  redis.call('LPUSH', KEYS[11], ARGV[4])
+  redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[6]) - 1)
+end
 if not id then
-  if ARGV[3] == 'quarantine' then
-    redis.call('LPUSH', KEYS[11], ARGV[4])
-    redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[6]) - 1)
-  end
+  if ARGV[3] == 'quarantine' then file_entry() end
   return 0
 end
 local row = KEYS[2] .. id
-if ARGV[3] == 'quarantine' and redis.call('HGET', row, 'b') ~= ARGV[7] then
-  -- replaced meanwhile by another writer: keep that record, file only the bad bytes
-  redis.call('LPUSH', KEYS[11], ARGV[4])
-  redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[6]) - 1)
+local f = redis.call('HMGET', row, 'b', 'ag', 'nm', 'nk', 'nd')
+if ARGV[3] == 'quarantine' and f[1] ~= ARGV[7] then
+  file_entry()  -- replaced meanwhile by another writer: keep that record
   return 0
 end
-local found = redis.call('EXISTS', row)
-local ag = redis.call('HGET', row, 'ag')
-if ag then apply_delta(KEYS[9], ag, false) end
+local found = 0
+if f[1] then found = 1 end
+if f[2] then apply_delta(KEYS[9], f[2], false) end
+apply_sums(KEYS[9], f[3], f[4], f[5], 0, 0, 0)
 local member = ARGV[1] .. ' ' .. id
 for i = 5, 8 do redis.call('ZREM', KEYS[i], member) end
 redis.call('HDEL', KEYS[10], id)
@@ -179,13 +199,13 @@ redis.call('DEL', row)
 if ARGV[3] == 'quarantine' then
   redis.call('PEXPIRE', KEYS[3] .. id, ARGV[5])
   redis.call('PEXPIRE', KEYS[4] .. id, ARGV[5])
-  redis.call('LPUSH', KEYS[11], ARGV[4])
-  redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[6]) - 1)
+  file_entry()
 else
   found = found + redis.call('DEL', KEYS[3] .. id, KEYS[4] .. id)
 end
 if cur == id then
-  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[1], 'v', 'id')
+  redis.call('PEXPIRE', KEYS[1], ARGV[8])
   found = 1
 end
 if found > 0 then return 1 end
@@ -244,7 +264,9 @@ while true do
       end
       if ok then
         local row = ARGV[7] .. key .. ARGV[8] .. id
-        local f = redis.call('HMGET', row, 'st', 'fl', 'sp', mode == 'list' and 'b' or 'ag')
+        local f
+        if mode == 'list' then f = redis.call('HMGET', row, 'st', 'fl', 'sp', 'b')
+        else f = redis.call('HMGET', row, 'st', 'fl', 'sp', 'ag', 'nm', 'nk', 'nd') end
         if not f[4] then ok = false
         elseif status ~= '' and f[1] ~= status then ok = false
         elseif flow ~= '' and f[2] ~= flow then ok = false
@@ -256,6 +278,9 @@ while true do
           else
             local a = cjson.decode(f[4])
             for j = 1, #a, 2 do agg[a[j]] = (agg[a[j]] or 0) + a[j + 1] end
+            agg['m'] = (agg['m'] or 0) + (tonumber(f[5]) or 0)
+            agg['k'] = (agg['k'] or 0) + (tonumber(f[6]) or 0)
+            agg['d'] = (agg['d'] or 0) + (tonumber(f[7]) or 0)
           end
         end
       end
