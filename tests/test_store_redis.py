@@ -195,6 +195,74 @@ async def test_native_expiry_is_only_a_backstop_after_purge_at(machine_store: Re
     assert await client.pttl(row) == -1
 
 
+@pytest.mark.parametrize("name", ["redis", "redis_cluster"])
+async def test_maintained_aggregates_match_a_full_recount(name: str) -> None:
+    """The counters the commit script maintains (deltas) equal what a scan of the rows and
+    what MemoryStore compute, through creations, changes, replacements and deletions."""
+    from chatstate.model import FlowPosition
+    from chatstate.stores.base import SessionFilter
+    from chatstate.stores.memory import MemoryStore
+
+    if name == "redis":
+        require_service("Redis", "127.0.0.1", 6379)
+    else:
+        require_redis_binaries()
+    reference = MemoryStore()
+    async with BACKENDS[name]() as store:
+        clock = FakeClock()
+        store.clock = clock  # type: ignore[attr-defined]
+        records: dict[str, SessionRecord] = {}
+        for i in range(12):
+            key = f"{('telegram', 'discord')[i % 2]}:user:{i}"
+            record = new_record(key, now=clock.now())
+            record.version = 1
+            record.labels = {"tier": ("free", "paid")[i % 3 == 0]}
+            for target in (store, reference):
+                await target.commit(record, expected=0)
+            records[key] = record
+        for step, (key, record) in enumerate(sorted(records.items())):
+            clock.advance(7.5)
+            record.version += 1
+            record.last_activity = clock.now()
+            record.counters.messages += step + 1
+            record.usage.input_tokens += 10 * step
+            if step % 3 == 0:
+                record.flow = FlowPosition(name="signup", step=("email", "name")[step % 2])
+            if step % 4 == 1:
+                record.status = Status.CLOSED
+                record.close_reason = "goodbye"
+            if step % 5 == 2:
+                record.labels = {"tier": "trial"}
+            for target in (store, reference):
+                await target.commit(record, expected=record.version - 1)
+            if step % 6 == 5:  # a new session replaces the finished one
+                fresh = new_record(key, now=clock.now())
+                fresh.version = record.version + 1
+                for target in (store, reference):
+                    await target.commit(fresh, expected=record.version)
+                records[key] = fresh
+        for key in ("telegram:user:0", "discord:user:7"):
+            for target in (store, reference):
+                assert await target.delete(key)
+
+        expected = await reference.stats(labels=["tier"])
+        assert expected.by_close_reason and expected.by_flow_step and expected.tokens
+        assert len(expected.by_label["tier"]) == 3 and expected.total > 12
+        maintained = await store.stats(labels=["tier"])
+        scanned = await store.stats(SessionFilter(updated_since=0.0), labels=["tier"])
+        for got in (maintained, scanned):
+            assert got.total == expected.total
+            assert got.by_status == expected.by_status
+            assert got.by_platform == expected.by_platform
+            assert got.by_close_reason == expected.by_close_reason
+            assert got.by_flow_step == expected.by_flow_step
+            assert got.by_label == expected.by_label
+            assert (got.messages, got.tokens) == (expected.messages, expected.tokens)
+            assert got.avg_duration_seconds == pytest.approx(expected.avg_duration_seconds)
+        only_closed = SessionFilter(status="closed", platform="telegram")
+        assert (await store.count(only_closed)).total == (await reference.count(only_closed)).total
+
+
 # -- leases and fencing -------------------------------------------------------------------------
 
 
