@@ -247,7 +247,7 @@ async def test_maintained_aggregates_match_a_full_recount(name: str) -> None:
 
         expected = await reference.stats(labels=["tier"])
         assert expected.by_close_reason and expected.by_flow_step and expected.tokens
-        assert len(expected.by_label["tier"]) == 3 and expected.total == 12  # +2 replaced -2 deleted
+        assert len(expected.by_label["tier"]) == 3 and expected.total == 12  # +2 -2
         maintained = await store.stats(labels=["tier"])
         scanned = await store.stats(SessionFilter(updated_since=0.0), labels=["tier"])
         for got in (maintained, scanned):
