@@ -154,6 +154,11 @@ async def bench_postgres(report: Report, plan: Plan) -> None:
 
 
 async def bench_bytes(report: Report, plan: Plan) -> None:
+    # Import everything first: modules loaded while tracing would count as sessions' memory.
+    import aiogram.fsm.storage.memory  # noqa: F401
+
+    import chatstate.stores.memory  # noqa: F401
+
     n = plan.idle_sessions
     builders: list[tuple[str, Callable[[int], Awaitable[object]]]] = [
         (MEMORY_ENGINE, _idle_chatstate),

@@ -178,7 +178,8 @@ def test_export_import_round_trip(
     dump = tmp_path / "dump.jsonl"
     code, _, err = run_cli(capsys, "sessions", "export", "--store", db_url, "-o", str(dump))
     assert code == 0 and "exported 4 session(s)" in err
-    assert len(dump.read_text().splitlines()) == 4
+    kinds = [json.loads(line)["type"] for line in dump.read_text().splitlines()]
+    assert kinds.count("session") == 4 and kinds.count("message") == 8
 
     target = f"sqlite:///{tmp_path / 'target.db'}"
     code, _, err = run_cli(capsys, "sessions", "import", str(dump), "--store", target)
@@ -197,9 +198,10 @@ def test_export_import_round_trip(
 
     asyncio.run(compare())
 
-    # Importing again skips what is there; --replace writes it again without doubling history.
+    # Importing again refuses (changing nothing); --replace writes it again without doubling
+    # the history.
     code, _, err = run_cli(capsys, "sessions", "import", str(dump), "--store", target)
-    assert code == 0 and "imported 0 session(s), skipped 4" in err
+    assert code == EXIT_BAD_INPUT and "already has a session" in err and "--replace" in err
     code, _, err = run_cli(capsys, "sessions", "import", str(dump), "--store", target,
                            "--replace")
     assert code == 0 and "imported 4 session(s)" in err
@@ -219,8 +221,10 @@ def test_export_filters_to_stdout(db_url: str, capsys: pytest.CaptureFixture[str
                            "discord")
     assert code == 0
     lines = [json.loads(line) for line in out.splitlines()]
-    assert [line["record"]["key"] for line in lines] == ["discord:user:3"]
-    assert [m["content"] for m in lines[0]["messages"]] == ["hello 3", "hi 3"]
+    assert [line["record"]["key"] for line in lines if line["type"] == "session"] == [
+        "discord:user:3"]
+    assert [line["message"]["content"] for line in lines if line["type"] == "message"] == [
+        "hello 3", "hi 3"]
 
 
 def test_import_of_a_bad_file_changes_nothing(
@@ -234,7 +238,7 @@ def test_import_of_a_bad_file_changes_nothing(
     target = f"sqlite:///{tmp_path / 'target.db'}"
     code, _, err = run_cli(capsys, "sessions", "import", str(broken), "--store", target)
     assert code == EXIT_BAD_INPUT
-    assert err.startswith("chatstate: error: line 5:") and len(err.splitlines()) == 1
+    assert err.startswith("chatstate: error: line ") and len(err.splitlines()) == 1
     assert asyncio.run(_list_ids(target)) == set()
 
     code, _, err = run_cli(capsys, "sessions", "import", str(tmp_path / "missing.jsonl"),

@@ -8,10 +8,10 @@ import datetime as dt
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgspec
 from rich.console import Console
@@ -25,11 +25,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import transfer
 from .cli import CLIError, add_store_option, command
 from .errors import InvalidKeyError
+from .memory import transfer
 from .model import SessionKey, SessionRecord, Status
 from .stores.base import SessionFilter, Store
+from .stores.memory import MemoryStore
 from .stores.url import open_store
 
 STATUSES = [s.value for s in Status]
@@ -86,7 +87,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     add_store_option(p)
     p.add_argument("file", help="a JSON Lines file ('-' for stdin)")
     p.add_argument("--replace", action="store_true",
-                   help="overwrite sessions whose id is already stored (default: skip them)")
+                   help="overwrite the stored sessions of the keys the file holds (default: "
+                   "refuse, changing nothing)")
     p.set_defaults(_action=import_sessions)
 
     p = actions.add_parser("purge", help="delete closed and expired sessions older than a date")
@@ -226,20 +228,36 @@ async def delete_session(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+async def session_ids(store: Store, filter: SessionFilter | None) -> list[str]:
+    """Ids of the matching sessions, oldest activity first: importing a file in this order
+    leaves the newest session of every key as its current one. Holds ids, not records."""
+    refs: list[tuple[float, str]] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list(filter, limit=500, cursor=cursor)
+        refs.extend((r.last_activity, r.id) for r in page.items)
+        cursor = page.next_cursor
+        if not cursor or not page.items:
+            break
+    refs.sort()
+    return [session_id for _, session_id in refs]
+
+
 async def export_sessions(store: Store, args: argparse.Namespace) -> int:
-    out: BinaryIO
+    ids = await session_ids(store, _filter(args))
     to_stdout = args.output == "-"
     # The CLI runs nothing else on its event loop, so plain file writes block no one.
-    out = sys.stdout.buffer if to_stdout else open(args.output, "wb")  # noqa: ASYNC230
+    out = sys.stdout if to_stdout else open(args.output, "w", encoding="utf-8")  # noqa: ASYNC230
     written = 0
     try:
         with _progress() as progress:
-            task = progress.add_task("exporting", total=None)
-            lines = transfer.export_sessions(
-                store, _filter(args), on_total=lambda n: progress.update(task, total=n)
-            )
-            async for line in lines:
-                out.write(line)
+            task = progress.add_task("exporting", total=len(ids))
+            for session_id in ids:
+                try:
+                    async for line in transfer.export_session(store, session_id):
+                        out.write(line + "\n")
+                except LookupError:
+                    continue  # deleted while we were exporting
                 written += 1
                 progress.advance(task)
     finally:
@@ -253,34 +271,44 @@ async def export_sessions(store: Store, args: argparse.Namespace) -> int:
 
 
 async def import_sessions(store: Store, args: argparse.Namespace) -> int:
-    raw_lines = await asyncio.to_thread(_read_lines, args.file)
-    # Check every line before writing anything, so a bad file changes nothing.
-    parsed = [
-        transfer.parse_line(line, lineno)
-        for lineno, line in enumerate(raw_lines, start=1)
-        if line.strip()
-    ]
-    imported = skipped = 0
+    lines = await asyncio.to_thread(_read_lines, args.file)
+    # Check the whole file before writing anything, so a bad file changes nothing: import it
+    # into a scratch memory store first (this also yields every session it holds).
+    async with MemoryStore(max_sessions=max(len(lines), 1)) as scratch:
+        refs = await transfer.import_sessions(scratch, lines)
+    if not args.replace:
+        for ref in refs:
+            current = await store.load(ref.key)
+            taken = current is not None and current.status is Status.ACTIVE
+            if taken or await store.load_by_id(ref.id) is not None:
+                raise CLIError(
+                    f"{ref.key} already has a session in this store; pass --replace to "
+                    "overwrite the sessions the file holds"
+                )
     with _progress() as progress:
-        task = progress.add_task("importing", total=len(parsed))
-        for record, history in parsed:
-            if await transfer.import_session(store, record, history, replace=args.replace):
-                imported += 1
-            else:
-                skipped += 1
-            progress.advance(task)
-    note = f", skipped {skipped} already stored (use --replace)" if skipped else ""
-    print(f"imported {imported} session(s){note}", file=sys.stderr)
+        task = progress.add_task("importing", total=len(lines))
+
+        def counted() -> Iterator[str]:
+            for line in lines:
+                yield line
+                progress.advance(task)
+
+        imported = await transfer.import_sessions(store, counted(), replace=args.replace)
+    print(f"imported {len(imported)} session(s)", file=sys.stderr)
     return 0
 
 
-def _read_lines(name: str) -> list[bytes]:
+def _read_lines(name: str) -> list[str]:
     if name == "-":
-        return sys.stdin.buffer.read().splitlines()
+        return sys.stdin.read().splitlines()
     path = Path(name)
     if not path.is_file():
         raise CLIError(f"{name}: no such file")
-    return path.read_bytes().splitlines()
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise CLIError(f"{name}: not a text file; expected JSON Lines from "
+                       "`chatstate sessions export`") from None
 
 
 async def purge_sessions(store: Store, args: argparse.Namespace) -> int:

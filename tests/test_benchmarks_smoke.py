@@ -1,0 +1,80 @@
+"""Each benchmark group still runs (tiny `--quick` workload) and reports its figures.
+
+Only the presence and sanity of the figures is checked, never a timing. All groups run in one
+process because importing aiogram (a peer) alone takes seconds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends import IN_CI, require_service, service_up
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED = {
+    "memory": {"chatstate MemoryStore", "aiogram MemoryStorage"},
+    "sqlite": {"chatstate SQLiteStore", "sqlite3 SELECT+UPSERT"},
+    "bytes": {"chatstate MemoryStore", "aiogram MemoryStorage", "dict of dicts"},
+    "claim": {"chatstate memory claim_due", "chatstate sqlite claim_due"},
+    "redis": {"chatstate RedisStore", "aiogram RedisStorage", "aiogram RedisStorage+isolation",
+              "redis-py GET+SET"},
+    "postgres": {"chatstate PostgresStore", "asyncpg SELECT+UPSERT"},
+}
+FIGURES = {
+    "redis": {"round_trips_per_update", "server_cpu_us_per_update", "server_commands_per_update"},
+    "postgres": {"xacts_per_update"},
+    "bytes": {"bytes_per_idle_session"},
+    "claim": {"claim_ms", "sessions", "due"},
+}
+
+
+def runnable(group: str) -> bool:
+    if group == "redis":  # the benchmark starts a redis-server of its own
+        return shutil.which("redis-server") is not None
+    if group == "postgres":
+        return service_up("127.0.0.1", 5432)
+    return True
+
+
+@pytest.fixture(scope="module")
+def quick_run() -> list[dict[str, Any]]:
+    groups = [g for g in EXPECTED if runnable(g)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_sessions", "--quick", "--only", ",".join(groups)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ratios (throughput)" in done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("group", sorted(EXPECTED))
+def test_benchmark_group_reports_its_figures(group: str, quick_run: list[dict[str, Any]]) -> None:
+    if group == "redis" and not runnable(group):
+        if IN_CI:
+            pytest.fail("redis-server is not installed (see ../shared/SERVICES.md)")
+        pytest.skip("redis-server is not installed")
+    if group == "postgres":
+        require_service("PostgreSQL", "127.0.0.1", 5432)
+    results = [r for r in quick_run if r["group"] == group]
+    assert {r["system"] for r in results} == EXPECTED[group]
+    for r in results:
+        if r["messages"]:  # a throughput configuration
+            assert r["messages"] == r["users"] * 3  # --quick: 3 messages per user
+            assert r["msgs_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
+        extra = r["extra"]
+        assert isinstance(extra, dict)
+        assert FIGURES.get(group, set()) <= set(extra)
+        assert all(isinstance(v, (int, float)) and v >= 0 for v in extra.values())
+    if group in ("memory", "sqlite", "redis", "postgres"):
+        # Every system ran at both concurrencies.
+        assert {(r["system"], r["concurrency"]) for r in results} == {
+            (s, c) for s in EXPECTED[group] for c in (1, 8)
+        }
