@@ -15,6 +15,7 @@ Seed 003 (JunkJet, ``/chatbot/...``): exactly the shapes its guide shows. Its us
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from typing import Annotated, Any, Literal
@@ -238,8 +239,13 @@ def build_001(rt: Runtime, role: Any) -> APIRouter:
             method = getattr(lifecycle, name, None)
             if callable(method):
                 result = await method()
+                if dataclasses.is_dataclass(result) and not isinstance(result, type):
+                    result = dataclasses.asdict(result)
                 if isinstance(result, dict):
-                    return {k: int(v) for k, v in result.items() if isinstance(v, int | float)}
+                    return {
+                        k: int(v) for k, v in result.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)
+                    }
                 return {"handled": int(result) if isinstance(result, int) else 0}
         return {"expired": 0, "purged": 0}
 
@@ -293,9 +299,11 @@ def session_info_003(user_id: str, record: SessionRecord | None, now: float) -> 
     }
 
 
+UserId = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9_.@\-]+$")]
+
+
 def build_003(rt: Runtime, role: Any) -> APIRouter:
     router = APIRouter(tags=["seed 003 compatibility"])
-    UserId = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9_.@\-]+$")]
 
     def key_of(user_id: str) -> str:
         return str(SessionKey.user(rt.settings.chat_platform, user_id))

@@ -9,6 +9,7 @@ one.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from ..errors import ConfigurationError
 from ..events import Event
 from ..flows import Flow, FlowRunner
 from ..memory import Memory
-from ..model import FlowPosition, SessionKey, SessionRecord, Status
+from ..model import FlowPosition, HistoryChanges, SessionKey, SessionRecord, Status
 from ..session import Session
 from .analytics import ActivitySampler, FunnelRecorder
 from .bots import Bot
@@ -165,27 +166,39 @@ class Runtime:
                 409, f"session {record.id} is {record.status.value} "
                 f"({record.close_reason or 'no reason'}); only active sessions can be changed",
             )
+        refused: Problem | None = None
+        result: Any = None
         try:
             async with self.manager.session(record.key, message=False, create=False) as s:
-                if s.id != record.id:
-                    raise Problem(
-                        409, f"session {record.id} was replaced by session {s.id} at this key; "
-                        "reload it",
-                    )
-                if if_match is not None and s.version != if_match:
-                    raise Problem(
-                        412, f"session {record.id} is at version {s.version}, not {if_match}; "
-                        "reload it and apply your change again",
-                        current_version=s.version,
-                    )
-                result = fn(s)
-                if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
-                    result = await result
+                # A refusal must leave the block normally: an exception escaping it would be
+                # recorded as a handler error on the session (and bump its version).
+                saved = copy.deepcopy(s.record)
+                try:
+                    if s.id != record.id:
+                        raise Problem(
+                            409, f"session {record.id} was replaced by session {s.id} at this "
+                            "key; reload it",
+                        )
+                    if if_match is not None and s.version != if_match:
+                        raise Problem(
+                            412, f"session {record.id} is at version {s.version}, not "
+                            f"{if_match}; reload it and apply your change again",
+                            current_version=s.version,
+                        )
+                    result = fn(s)
+                    if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+                        result = await result
+                except Problem as problem:
+                    refused = problem
+                    s.record = saved  # nothing changed: the engine writes nothing
+                    s.history = HistoryChanges()
                 out = s.record
         except LookupError:
             raise Problem(
                 409, f"session {record.id} ended before the change could be applied"
             ) from None
+        if refused is not None:
+            raise refused
         return out, result  # type: ignore[return-value]
 
     # -- flows ------------------------------------------------------------------------------
