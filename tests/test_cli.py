@@ -13,7 +13,7 @@ import pytest
 
 from chatstate import FakeClock, Incoming, Message, SessionKey, SessionManager
 from chatstate.cli import COMMANDS, EXIT_BAD_INPUT, main
-from chatstate.demo import DemoBot, demo_manager
+from chatstate.demo import DemoBot, demo_manager, flow_examples
 from chatstate.stores import open_store
 
 # -- the demo bot -----------------------------------------------------------------------------
@@ -75,6 +75,19 @@ def test_demo_remembers_across_restarts(tmp_path: Path) -> None:
     run_demo(db, "/reset")
     third = run_demo(db, "Zoe")
     assert third[-1].startswith("bot> Nice to meet you, Zoe!")
+
+
+def test_demo_runs_a_flow_example(tmp_path: Path) -> None:
+    if "order" not in flow_examples():
+        pytest.fail("examples/registry.py should offer the 'order' flow example")
+    done = subprocess.run(
+        [sys.executable, "-m", "chatstate", "demo", "order", "--store", "memory://"],
+        input="Order\nbanana\n3\n12 Long Street, Town\n✅ Confirm\n", capture_output=True,
+        text=True, timeout=120, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "[Apple]  [Banana]  [Orange]" in done.stdout  # buttons are shown as options
+    assert "Order placed!" in done.stdout and "Quantity: 3" in done.stdout
 
 
 # -- sessions ---------------------------------------------------------------------------------

@@ -12,13 +12,21 @@ from typing import TextIO
 from rich.console import Console
 from rich.markup import escape
 
-from .cli import add_store_option, command
-from .demo import DemoBot, demo_manager
+from .cli import CLIError, add_store_option, command
+from .demo import DemoBot, FlowDemoBot, demo_manager, flow_examples
 from .model import Incoming, Outgoing
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     add_store_option(parser)
+    names = sorted(flow_examples())
+    parser.add_argument(
+        "example",
+        nargs="?",
+        metavar="NAME",
+        help="run a flow example instead of the name bot"
+        + (f": {', '.join(names)}" if names else " (none in this installation)"),
+    )
     parser.add_argument(
         "--user",
         default=None,
@@ -31,40 +39,73 @@ async def demo(args: argparse.Namespace) -> int:
     user = args.user or _login_name()
     interactive = sys.stdin.isatty()
     console = Console(highlight=False)
+    runner_factory = None
+    if args.example:
+        examples = flow_examples()
+        if args.example not in examples:
+            known = ", ".join(sorted(examples)) or "none in this installation"
+            raise CLIError(f"no flow example {args.example!r}; available: {known}")
+        runner_factory = examples[args.example]
     async with demo_manager(args.store) as manager:
-        bot = DemoBot(manager)
         say = _printer(console, interactive)
+        what = f"flow example {args.example}" if args.example else "demo"
         console.print(
-            f"chatstate demo on [bold]{escape(args.store)}[/] as user [bold]{escape(user)}[/]. "
-            "Type /help, or /quit to leave."
+            f"chatstate {what} on [bold]{escape(args.store)}[/] as user [bold]{escape(user)}[/]."
+            " Type /help, or /quit to leave."
             if interactive
-            else f"chatstate demo on {args.store} as user {user}",
+            else f"chatstate {what} on {args.store} as user {user}",
             markup=interactive,
         )
-        record = await manager.get(DemoBot.key_for(Incoming(platform="cli", user_id=user)))
-        if record is not None and record.data.get("name"):
-            say([Outgoing(text=f"Welcome back, {record.data['name']}!")])
+        bot: DemoBot | FlowDemoBot
+        if runner_factory is not None:
+            bot = FlowDemoBot(manager, runner_factory(), args.example)
+            last = bot.greeting()
+            say(last)
         else:
-            say(await bot.reply(Incoming(platform="cli", user_id=user, text="")))
+            bot = DemoBot(manager)
+            record = await manager.get(DemoBot.key_for(Incoming(platform="cli", user_id=user)))
+            if record is not None and record.data.get("name"):
+                last = [Outgoing(text=f"Welcome back, {record.data['name']}!")]
+            else:
+                last = await bot.reply(Incoming(platform="cli", user_id=user, text=""))
+            say(last)
         async for line in _lines(sys.stdin, interactive, console):
             text = line.strip()
             if text in ("/quit", "/exit"):
                 break
             if not text:
                 continue
-            say(await bot.reply(Incoming.from_text(text, platform="cli", user_id=user)))
+            last = await bot.reply(_incoming(text, user, last))
+            say(last)
     if interactive:
         console.print("Bye. Run `chatstate demo` again: I will remember you.")
     return 0
 
 
+def _incoming(text: str, user: str, last: list[Outgoing]) -> Incoming:
+    """Typing the label of a button shown in the last reply presses it."""
+    for reply in last:
+        for row in reply.buttons:
+            for button in row:
+                if button.payload and text.casefold() == button.text.casefold():
+                    return Incoming.button(button.payload, platform="cli", user_id=user)
+    return Incoming.from_text(text, platform="cli", user_id=user)
+
+
 def _printer(console: Console, interactive: bool) -> Callable[[list[Outgoing]], None]:
     def say(replies: list[Outgoing]) -> None:
         for reply in replies:
+            options = [b.text for row in reply.buttons for b in row]
+            options += [label for row in reply.keyboard for label in row]
             if interactive:
                 console.print(f"[bold cyan]bot>[/] {escape(reply.text)}")
+                if options:
+                    console.print("     " + "  ".join(f"[reverse] {escape(o)} [/]"
+                                                      for o in options))
             else:
                 console.print(f"bot> {reply.text}", markup=False)
+                if options:
+                    console.print("     " + "  ".join(f"[{o}]" for o in options), markup=False)
 
     return say
 

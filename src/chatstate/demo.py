@@ -9,12 +9,23 @@ returns `Outgoing` replies, and knows nothing of the platform.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .clock import Clock
 from .engine import SessionManager
 from .model import Incoming, Message, Outgoing, SessionKey, SessionRecord
 from .policy import LifecyclePolicy
 from .stores.base import Store
+
+if TYPE_CHECKING:
+    from .flows import FlowRunner
+
+log = logging.getLogger("chatstate.demo")
 
 HELP = (
     "I remember your name and count your messages, even after a restart.\n"
@@ -104,3 +115,44 @@ def _when(timestamp: float) -> str:
 def demo_manager(store: Store | str | None, *, clock: Clock | None = None) -> SessionManager:
     """The manager the demo bot runs on: the demo's policy and defaults on `store`."""
     return SessionManager(store, policy=DEMO_POLICY, defaults=DEMO_DEFAULTS, clock=clock)
+
+
+class FlowDemoBot:
+    """Drives one example flow runner (see examples/registry.py) inside the session: the same
+    `reply(incoming)` shape as `DemoBot`, so the terminal and the web chat can serve both."""
+
+    def __init__(self, manager: SessionManager, runner: FlowRunner, name: str) -> None:
+        self.manager = manager
+        self.runner = runner
+        self.platform = f"cli-{name}"  # a session per example, apart from the name demo's
+
+    def key_for(self, incoming: Incoming) -> SessionKey:
+        return SessionKey.user(self.platform, incoming.user_id or "anonymous")
+
+    def greeting(self) -> list[Outgoing]:
+        return [self.runner.menu()]
+
+    async def reply(self, incoming: Incoming) -> list[Outgoing]:
+        replies: list[Outgoing] = []
+        async with self.manager.session(self.key_for(incoming)) as s:
+            replies = await self.runner.handle(s, incoming)
+        return replies
+
+
+def flow_examples() -> Mapping[str, Callable[[], FlowRunner]]:
+    """The flow examples of a source checkout (examples/registry.py's FLOW_EXAMPLES), or an
+    empty mapping when chatstate is installed without its examples."""
+    try:
+        registry = importlib.import_module("examples.registry")
+    except ImportError:
+        root = Path(__file__).resolve().parents[2]  # src/chatstate/demo.py -> the checkout
+        if not (root / "examples" / "registry.py").is_file():
+            return {}
+        sys.path.append(str(root))
+        try:
+            registry = importlib.import_module("examples.registry")
+        except Exception:  # a broken example must not break the rest of the CLI
+            log.warning("could not import the flow examples from %s", root, exc_info=True)
+            return {}
+    examples: Mapping[str, Callable[[], FlowRunner]] = registry.FLOW_EXAMPLES
+    return examples
