@@ -5,7 +5,10 @@ system does what an agent does before and after a model call:
 
 * chatstate (memory, sqlite, redis, postgres): open the session, stage the user message, build
   a 4,000-token context (summaries + newest whole turns), stage the tool call/result and the
-  answer, commit (history rows appended atomically with the record).
+  answer, commit (history rows appended atomically with the record). The "(store only)" rows
+  do the same turn without the context, i.e. the storage cost alone: a context grows with the
+  conversation until it fills its budget (~100 messages here), so the full turn costs more at
+  turn 500 than at turn 10 by design, while storing a turn must not.
 * LangGraph (InMemorySaver, SqliteSaver, PostgresSaver): one `invoke` of a minimal graph whose
   node appends the turn's messages to `MessagesState` (the checkpointer loads and re-saves the
   conversation state).
@@ -125,7 +128,7 @@ def _service_up(url: str, default_port: int) -> bool:
         return False
 
 
-async def chatstate_system(backend: str, workdir: Path) -> System:
+async def chatstate_system(backend: str, workdir: Path, *, with_context: bool = True) -> System:
     from chatstate import SessionKey, SessionManager
     from chatstate.memory import Memory, MemoryConfig
     from chatstate.model import HistoryChanges, Message, new_record
@@ -179,8 +182,9 @@ async def chatstate_system(backend: str, workdir: Path) -> System:
     async def turn(conversation: int, index: int, t: Turn) -> None:
         async with manager.session(SessionKey.user("bench", conversation)) as s:
             await memory.add(s, "user", t.user)
-            await memory.build_context(s, CONTEXT_BUDGET, system="You are an agent.",
-                                       reserve_for_output=500)
+            if with_context:
+                await memory.build_context(s, CONTEXT_BUDGET, system="You are an agent.",
+                                           reserve_for_output=500)
             if t.tool_name:
                 call_id = f"call_{index}"
                 await memory.add(s, "assistant", tool_calls=[{
@@ -236,7 +240,9 @@ async def chatstate_system(backend: str, workdir: Path) -> System:
 
     if backend == "redis":
         cleanup.insert(0, lambda: _drop_redis_prefix(prefix))
-    return System(f"chatstate {backend}", backend, turn, stored_bytes, close, context_time)
+    name = f"chatstate {backend}" + ("" if with_context else " (store only)")
+    return System(name, backend, turn, stored_bytes, close,
+                  context_time if with_context else None)
 
 
 def _files_size(workdir: Path, pattern: str) -> int:
@@ -511,7 +517,8 @@ def print_table(results: list[Result]) -> None:
               f"{_fmt(r.bytes_per_conversation, 0):>11} {_fmt(ratio, 2):>6} "
               f"{_fmt(r.context_ms):>8}", file=out)
     # chatstate's throughput at the last turn against the peers on the same backend.
-    ours = {r.backend: r for r in results if r.system.startswith("chatstate") and r.last_ms}
+    ours = {r.backend: r for r in results
+            if r.system.startswith("chatstate") and r.last_ms and "store only" not in r.system}
     for r in results:
         if r.system.startswith("chatstate") or not r.last_ms:
             continue
@@ -547,6 +554,10 @@ async def main(argv: list[str] | None = None) -> list[Result]:
     if "chatstate" in only:
         for b in backends:
             plan.append((f"chatstate {b}", b, functools.partial(chatstate_system, b),
+                         args.conversations))
+            # The same turn without building a context: the storage cost alone.
+            plan.append((f"chatstate {b} (store only)", b,
+                         functools.partial(chatstate_system, b, with_context=False),
                          args.conversations))
     if "langgraph" in only:
         names = {"memory": "InMemorySaver", "sqlite": "SqliteSaver", "postgres": "PostgresSaver"}
