@@ -39,7 +39,7 @@ class FlakyStore(MemoryStore):
     fail_commits = False
     fail_loads = False
 
-    async def commit(self, record: SessionRecord, **kw: Any) -> Any:  # type: ignore[override]
+    async def commit(self, record: SessionRecord, **kw: Any) -> Any:
         if self.fail_commits:
             raise StoreUnavailable("connection refused (test)")
         return await super().commit(record, **kw)
@@ -232,9 +232,10 @@ async def test_restore_notice_and_failing_notifier() -> None:
     assert recorder.sent[0][1].text.startswith("🔄 The bot was restarted")
     lifecycle.detach()
     broken = LifecycleNotifier(Broken())
-    await broken.on_restore(Session(  # a failing send is counted, never raised
-        (await manager.get("telegram:user:7")), key=SessionKey.user("telegram", 7),
-    ), _due())
+    record = await manager.get("telegram:user:7")
+    assert record is not None
+    # a failing send is counted, never raised
+    await broken.on_restore(Session(record, key=SessionKey.user("telegram", 7)), _due())
     assert broken.failures == 1
     with pytest.raises(ConfigurationError):
         LifecycleNotifier(object())  # type: ignore[arg-type]

@@ -42,6 +42,7 @@ from ..engine import SessionBusy, SessionManager
 from ..errors import ConfigurationError, LockTimeout, StoreUnavailable
 from ..events import Event
 from ..flows.base import as_outgoing
+from ..locks import KeyLocks
 from ..model import Incoming, Message, Outgoing, Scope, SessionKey
 from ..session import Session
 
@@ -194,6 +195,8 @@ class Result:
         return self.outcome == "ok"
 
 
+Deliver = Callable[[Result], Awaitable[Any]]
+
 class FlowStepFailed(Exception):
     """Raised inside the session block when the handler counted an error it had already
     handled (a `FlowRunner` step that raised bumps `counters.errors` and apologises): the engine
@@ -251,23 +254,45 @@ class BotRuntime:
         self.texts = texts or RuntimeTexts()
         self.record_history = record_history
         self.remember_chat = remember_chat
-        self._inflight: collections.Counter[str] = collections.Counter()
+        self._order = KeyLocks()  # arrival order per key, held until the replies left
         manager.events.on(ev.SESSION_RESET, _note_reset)
 
-    async def process(self, incoming: Incoming) -> Result:
+    async def process(
+        self,
+        incoming: Incoming,
+        *,
+        deliver: Deliver | None = None,
+        handler: HandlerLike | None = None,
+    ) -> Result:
+        """Handle one update: open its session, run the handler (or `handler` for this update
+        only, e.g. an entry point starting a flow), commit, then `deliver(result)`.
+
+        Updates of one key are taken in arrival order and `deliver` runs before the next one
+        starts, so replies leave in order too (the session itself is already committed and
+        released by then)."""
         key = self.key_for(incoming)
         ks = str(key)
-        if self.busy != "wait" and self._inflight[ks]:
-            return self._busy(key)
-        self._inflight[ks] += 1
-        try:
-            return await self._process(key, incoming)
-        finally:
-            self._inflight[ks] -= 1
-            if not self._inflight[ks]:
-                del self._inflight[ks]
+        if self.busy != "wait" and self._order.locked(ks):
+            result = self._busy(key)
+        elif not await self._order.acquire(ks, self.manager.lock_timeout):
+            result = self._busy(key)
+        else:
+            try:
+                call = self._call if handler is None else as_handler(handler)
+                result = await self._process(key, incoming, call)
+                if deliver is not None:
+                    await deliver(result)
+            finally:
+                self._order.release(ks)
+            return result
+        if deliver is not None:
+            await deliver(result)
+        return result
 
-    async def _process(self, key: SessionKey, incoming: Incoming) -> Result:
+    async def _process(
+        self, key: SessionKey, incoming: Incoming,
+        call: Callable[[Session, Incoming], Awaitable[list[Outgoing]]],
+    ) -> Result:
         _RESETS.set(set())  # this task's view: sessions the engine reset after errors
         replies: list[Outgoing] = []
         session_id: str | None = None
@@ -283,7 +308,7 @@ class BotRuntime:
                 if self.record_history:
                     s.append(Message(role="user", content=_user_text(incoming)))
                 with publish_session(s):
-                    replies = await self._call(s, incoming)
+                    replies = await call(s, incoming)
                 if s.record.counters.errors > errors_before:
                     raise FlowStepFailed(s.record.last_error or "a flow step failed")
                 if self.record_history:
@@ -401,7 +426,7 @@ class LifecycleNotifier:
         self._remember = remember
         self.failures = 0
 
-    def hooks(self) -> dict[str, Callable[..., Awaitable[None]]]:
+    def hooks(self) -> dict[str, Any]:
         return {
             "on_warning": self.on_warning, "on_expire": self.on_expire,
             "on_close": self.on_close, "on_restore": self.on_restore,
