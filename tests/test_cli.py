@@ -7,11 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from chatstate import FakeClock, Incoming, Message, SessionKey, SessionManager
+from backends import REDIS_URL, require_service
+from chatstate import FakeClock, Incoming, LifecyclePolicy, Message, SessionKey, SessionManager
 from chatstate.cli import COMMANDS, EXIT_BAD_INPUT, main
 from chatstate.demo import DemoBot, demo_manager, flow_examples
 from chatstate.stores import open_store
@@ -99,8 +102,11 @@ def populate(url: str) -> dict[str, str]:
 
     async def go() -> dict[str, str]:
         clock = FakeClock(start=1_600_000_000.0)  # September 2020
+        # No deadlines: a store's own expiry backstop (Redis) must not remove these old
+        # sessions before the test looks at them.
+        policy = LifecyclePolicy(idle_timeout=None, max_age=None, retention=None)
         ids: dict[str, str] = {}
-        async with SessionManager(url, clock=clock) as manager:
+        async with SessionManager(url, clock=clock, policy=policy) as manager:
             for i, platform in enumerate(["telegram", "telegram", "telegram", "discord"]):
                 key = SessionKey.user(platform, i)
                 async with manager.session(key) as s:
@@ -116,9 +122,29 @@ def populate(url: str) -> dict[str, str]:
     return asyncio.run(go())
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Makes URLs of fresh stores of one kind: `store_url("a")`, `store_url("b")`, ..."""
+    if request.param == "sqlite":
+        yield lambda name: f"sqlite:///{tmp_path / name}.db"
+        return
+    require_service("Redis", "127.0.0.1", 6379)
+    prefix = f"clitest{uuid.uuid4().hex[:10]}"
+    yield lambda name: f"{REDIS_URL}?prefix={prefix}{name}"
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'cli.db'}"
+def db_url(store_url: Callable[[str], str]) -> str:
+    return store_url("cli")
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -185,7 +211,8 @@ async def _list_ids(url: str) -> set[str]:
 
 
 def test_export_import_round_trip(
-    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    db_url: str, store_url: Callable[[str], str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     ids = populate(db_url)
     dump = tmp_path / "dump.jsonl"
@@ -194,7 +221,7 @@ def test_export_import_round_trip(
     kinds = [json.loads(line)["type"] for line in dump.read_text().splitlines()]
     assert kinds.count("session") == 4 and kinds.count("message") == 8
 
-    target = f"sqlite:///{tmp_path / 'target.db'}"
+    target = store_url("target")
     code, _, err = run_cli(capsys, "sessions", "import", str(dump), "--store", target)
     assert code == 0 and "imported 4 session(s)" in err
 
@@ -241,14 +268,15 @@ def test_export_filters_to_stdout(db_url: str, capsys: pytest.CaptureFixture[str
 
 
 def test_import_of_a_bad_file_changes_nothing(
-    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    db_url: str, store_url: Callable[[str], str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     populate(db_url)
     dump = tmp_path / "dump.jsonl"
     assert run_cli(capsys, "sessions", "export", "--store", db_url, "-o", str(dump))[0] == 0
     broken = tmp_path / "broken.jsonl"
     broken.write_text(dump.read_text() + "{not json\n")
-    target = f"sqlite:///{tmp_path / 'target.db'}"
+    target = store_url("target")
     code, _, err = run_cli(capsys, "sessions", "import", str(broken), "--store", target)
     assert code == EXIT_BAD_INPUT
     assert err.startswith("chatstate: error: line ") and len(err.splitlines()) == 1

@@ -198,10 +198,14 @@ async def list_sessions(store: Store, args: argparse.Namespace) -> int:
         out.flush()
     else:
         table = Table("key", "id", "status", "state", "messages", "last activity")
+        for column in table.columns[:2]:
+            column.no_wrap = True  # keys and ids are copied from here: never split them
         for r in page.items:
             table.add_row(r.key, r.id, r.status.value, r.state or "-",
                           str(r.counters.messages), _when(r.last_activity))
         console = Console()
+        if not console.is_terminal:
+            console.width = 200  # a pipe or file has no width: do not fold the table
         console.print(table)
         if not page.items:
             console.print("no sessions match")
