@@ -61,6 +61,7 @@ from .stores.base import DueItem, SessionFilter
 log = logging.getLogger("chatstate.lifecycle")
 
 Hook = Callable[..., Awaitable[Any] | Any]
+WARN_SKIPPED = "timeout.warn_skipped"  # a warning came due too late: the session expired first
 KINDS = ("expire", "warn", "purge")  # expire first: a session due for both is not warned
 
 
@@ -383,7 +384,27 @@ class Lifecycle:
     # -- the transitions --------------------------------------------------------------------
 
     async def _warn(self, item: DueItem) -> bool:
+        try:
+            return await self._warn_active(item)
+        except LookupError:
+            # No active session any more. If it expired before this warning could be given
+            # (every runner was late by more than warn_before), say so instead of staying silent.
+            record = await self.manager.store.load_by_id(item.session_id)
+            if record is not None and record.status is Status.EXPIRED:
+                await self._warn_skipped(item, record)
+            return False
+
+    async def _warn_skipped(self, item: DueItem, record: SessionRecord) -> None:
+        self.counters["warn_skipped"] += 1
+        deadline = record.closed_at or record.expires_at
+        await self.manager.events.emit(
+            Event(name=WARN_SKIPPED, key=item.key, session_id=item.session_id,
+                  at=self.manager.clock.now(), data={"deadline": deadline})
+        )
+
+    async def _warn_active(self, item: DueItem) -> bool:
         m = self.manager
+        skipped: SessionRecord | None = None
         self._handling.add(item.session_id)
         try:
             async with m.session(item.key, message=False, create=False, expire=False) as s:
@@ -397,7 +418,8 @@ class Lifecycle:
                 ):
                     return False  # a message moved it (or it was closed): nothing to do
                 if record.expires_at is not None and record.expires_at <= now:
-                    return False  # too late to warn; the expiry is handled instead
+                    skipped = record  # too late to warn; the expiry is handled instead
+                    return False
                 due = Due(
                     kind="warn", key=item.key, session_id=record.id, due_at=record.warn_at,
                     fired_at=now, expires_at=record.expires_at,
@@ -411,6 +433,8 @@ class Lifecycle:
                 record.warn_at = None
         finally:
             self._handling.discard(item.session_id)
+            if skipped is not None:
+                await self._warn_skipped(item, skipped)
         self.counters["warned"] += 1
         await m.events.emit(
             Event(name=ev.TIMEOUT_WARNED, key=item.key, session_id=due.session_id, at=now,
@@ -697,14 +721,16 @@ async def run_worker(
     policy: LifecyclePolicy | None = None,
     hooks: str | object | None = None,
     stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
     signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
     manager_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Lifecycle:
     """Run a lifecycle runner on its own until SIGTERM/SIGINT (or `stop` is set), then shut
-    down gracefully. `policy` defaults to `LifecyclePolicy.from_env()` (it must match the bots':
-    the runner applies its retention to the sessions it closes). `options` go to `Lifecycle`.
-    Returns the stopped `Lifecycle` (its `counters` tell what it did)."""
+    down gracefully; `ready` is set once it runs (after the restore). `policy` defaults to
+    `LifecyclePolicy.from_env()` (it must match the bots': the runner applies its retention to
+    the sessions it closes). `options` go to `Lifecycle`. Returns the stopped `Lifecycle`
+    (its `counters` tell what it did)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[int] = []
@@ -720,6 +746,8 @@ async def run_worker(
             lifecycle = Lifecycle(manager, **load_hooks(hooks), **options)
             async with lifecycle:
                 log.info("lifecycle worker running on %s", store_url or "the default store")
+                if ready is not None:
+                    ready.set()
                 await stop.wait()
                 log.info("lifecycle worker stopping: finishing the items in hand")
             return lifecycle

@@ -7,8 +7,8 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from backends import BACKENDS
 
+from backends import BACKENDS
 from chatstate.clock import FakeClock
 from chatstate.engine import SessionManager
 from chatstate.lifecycle import Due, Lifecycle
