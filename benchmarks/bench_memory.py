@@ -211,7 +211,7 @@ async def chatstate_system(backend: str, workdir: Path, *, with_context: bool = 
                 message = Message(role=role, content=text, seq=seq, turn_id=str(seq),
                                   tokens=memory.counter.count(text))
                 chunk.append(message)
-                if len(chunk) == 5000 or seq == messages:
+                if len(chunk) == 500 or seq == messages:
                     record.counters.last_seq = seq
                     record.version = expected + 1
                     await store.commit(record, expected=expected,

@@ -30,7 +30,7 @@ from .history import HistoryReader, get_state, put_state
 
 FORMAT = "chatstate.session"
 FORMAT_VERSION = 1
-IMPORT_CHUNK = 1000  # messages per commit on import
+IMPORT_CHUNK = 500  # messages per commit on import (Redis scripts take bounded arguments)
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
