@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+from server_helpers import Service, service
+
 from chatstate.flows import Step, Wizard
 from chatstate.model import Outgoing, Summary
-
-from server_helpers import Service, service
 
 
 def order_flow() -> Wizard:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from ..errors import ChatstateError
+from ..errors import ChatstateError, ConfigurationError
 from ..memory import export_session
 from ..model import Message, SessionKey
 from ..session import Session
@@ -106,8 +106,12 @@ def build(rt: Runtime, role: Any) -> APIRouter:
         )
         try:
             page = await rt.store.list(flt, limit=limit, cursor=cursor)
-        except ValueError as exc:
-            raise Problem(400, f"the cursor is not valid ({exc}); start again without it") from None
+        except (ValueError, ConfigurationError):
+            # the store's message names the cursor; keep the answer short and actionable
+            raise Problem(
+                400, "the cursor is not valid: pass back the next_cursor of a previous page "
+                "unchanged, or leave it out to start from the first page",
+            ) from None
         now = rt.clock.now()
         return {
             "items": [session_view(r, now) for r in page.items],
