@@ -116,15 +116,18 @@ async def bench(name: str, sessions: int, seconds: float, batch: int, concurrenc
                 done.set()
 
         started = time.time()
-        lead = 2.0
-        # Seed first (its cost is not measured), then the window opens `lead` s later.
-        await seed(store, sessions, started + 3600, seconds)  # parked far in the future
+        # Seed first (its cost is not measured), parked far in the future ...
+        await seed(store, sessions, started + 3600, seconds)
         seeded = time.time() - started
         runner = Lifecycle(manager, on_expire=on_expire, batch_size=batch,
                            concurrency=concurrency, poll_interval=0.05, restore=False)
-        # Move the window to start shortly: rewrite the deadlines relative to now.
-        first_due = time.time() + lead
+        # ... then move the window to open once the rewrite (about twice the seeding) is done,
+        # so that no session is already overdue when the runner starts.
+        first_due = time.time() + 2.0 + 2.5 * seeded
         await seed_shift(store, sessions, first_due, seconds)
+        if time.time() > first_due:
+            print(f"{name:9} warning: the window opened before the runner started")
+        lead = first_due - time.time()
         cpu0, wall0 = time.process_time(), time.monotonic()
         async with runner:
             try:
