@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import statistics
 import sys
@@ -78,6 +79,7 @@ class Plan:
     claim_among: tuple[int, ...]  # total sessions for the claim benchmark
     claim_due: int
     claim_repeats: int
+    max_seconds: float | None = None  # time box per throughput configuration
 
     def workloads(self) -> list[Workload]:
         return [
@@ -88,23 +90,23 @@ class Plan:
 
 
 FULL = Plan(users=(1_000, 10_000), messages=20, concurrency=(1, 64), idle_sessions=10_000,
-            claim_among=(1_000, 1_000_000), claim_due=100, claim_repeats=20)
+            claim_among=(1_000, 1_000_000), claim_due=100, claim_repeats=20, max_seconds=5.0)
 QUICK = Plan(users=(50,), messages=3, concurrency=(1, 8), idle_sessions=500,
              claim_among=(200, 2_000), claim_due=20, claim_repeats=3)
 
 
 async def measure(
-    report: Report, group: str, system: str, factory: SystemFactory, workload: Workload,
-    probe: Probe | None = None,
+    report: Report, plan: Plan, group: str, system: str, factory: SystemFactory,
+    workload: Workload, probe: Probe | None = None,
 ) -> Result:
     async with factory(workload) as cycle:
         if probe is not None:
             await probe.start()
-        seconds, latencies = await run_workload(cycle, workload)
+        seconds, latencies, done = await run_workload(cycle, workload, plan.max_seconds)
         if probe is not None:
             await probe.stop()
     extra = await probe.finish(len(latencies)) if probe is not None else {}
-    return report.add(make_result(group, system, workload, seconds, latencies, **extra))
+    return report.add(make_result(group, system, workload, seconds, latencies, done, **extra))
 
 
 # -- throughput groups ----------------------------------------------------------------------
@@ -112,14 +114,14 @@ async def measure(
 
 async def bench_memory(report: Report, plan: Plan) -> None:
     for w in plan.workloads():
-        await measure(report, "memory", MEMORY_ENGINE, chatstate_memory, w)
-        await measure(report, "memory", AIOGRAM_MEMORY, aiogram_memory, w)
+        await measure(report, plan, "memory", MEMORY_ENGINE, chatstate_memory, w)
+        await measure(report, plan, "memory", AIOGRAM_MEMORY, aiogram_memory, w)
 
 
 async def bench_sqlite(report: Report, plan: Plan) -> None:
     for w in plan.workloads():
-        await measure(report, "sqlite", RAW_SQLITE, raw_sqlite3, w)
-        await measure(report, "sqlite", SQLITE_STORE, chatstate_sqlite, w)
+        await measure(report, plan, "sqlite", RAW_SQLITE, raw_sqlite3, w)
+        await measure(report, plan, "sqlite", SQLITE_STORE, chatstate_sqlite, w)
 
 
 async def bench_redis(report: Report, plan: Plan) -> None:
@@ -134,7 +136,7 @@ async def bench_redis(report: Report, plan: Plan) -> None:
         ]
         for w in plan.workloads():
             for name, factory in systems:
-                await measure(report, "redis", name, factory, w, RedisProbe(url))
+                await measure(report, plan, "redis", name, factory, w, RedisProbe(url))
 
 
 async def bench_postgres(report: Report, plan: Plan) -> None:
@@ -147,7 +149,7 @@ async def bench_postgres(report: Report, plan: Plan) -> None:
         ]
         for w in plan.workloads():
             for name, factory in systems:
-                await measure(report, "postgres", name, factory, w, PostgresProbe(url))
+                await measure(report, plan, "postgres", name, factory, w, PostgresProbe(url))
 
 
 # -- bytes per idle session -----------------------------------------------------------------
@@ -297,6 +299,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_sessions",
                                      description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny workload (smoke test)")
+    parser.add_argument("--max-seconds", type=float, default=None, metavar="S",
+                        help="time box per throughput configuration (default 5 s, 0 for none): "
+                        "no new user starts after that, so figures cover the users done")
     parser.add_argument("--only", default=",".join(GROUPS),
                         help=f"comma-separated groups among {', '.join(GROUPS)}")
     args = parser.parse_args(argv)
@@ -317,7 +322,10 @@ async def run(groups: Sequence[str], plan: Plan, report: Report) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = Report()
-    asyncio.run(run(args.groups, QUICK if args.quick else FULL, report))
+    plan = QUICK if args.quick else FULL
+    if args.max_seconds is not None:
+        plan = dataclasses.replace(plan, max_seconds=args.max_seconds or None)
+    asyncio.run(run(args.groups, plan, report))
     report.print_tables()
     report.print_ratios(RATIOS)
     return 0

@@ -51,11 +51,13 @@ class Workload:
 
 @dataclass
 class Result:
-    """One configuration's figures. `extra` holds per-system figures (round trips, CPU, ...)."""
+    """One configuration's figures. `extra` holds per-system figures (round trips, CPU, ...).
+    `users_done` < `users` when the run was time-boxed."""
 
     group: str  # what is compared: "memory", "sqlite", "redis", "postgres", ...
     system: str  # e.g. "chatstate MemoryStore", "aiogram MemoryStorage"
     users: int = 0
+    users_done: int = 0
     concurrency: int = 0
     messages: int = 0
     seconds: float = 0.0
@@ -76,15 +78,22 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[rank]
 
 
-async def run_workload(cycle: Cycle, workload: Workload) -> tuple[float, list[float]]:
-    """Run the workload; returns (wall seconds, per-message latencies in seconds)."""
+async def run_workload(
+    cycle: Cycle, workload: Workload, max_seconds: float | None = None
+) -> tuple[float, list[float], int]:
+    """Run the workload; returns (wall seconds, per-message latencies in seconds, users done).
+
+    With `max_seconds`, workers take no new user after that long (a user started is finished,
+    so every user still sends all its messages: one creating and the rest updating)."""
     latencies: list[float] = []
     next_user = 0
     clock = time.perf_counter
+    started = clock()
+    deadline = started + max_seconds if max_seconds else float("inf")
 
     async def worker() -> None:
         nonlocal next_user
-        while next_user < workload.users:
+        while next_user < workload.users and clock() < deadline:
             user = next_user
             next_user += 1
             for message in range(workload.messages):
@@ -92,14 +101,13 @@ async def run_workload(cycle: Cycle, workload: Workload) -> tuple[float, list[fl
                 await cycle(user, message)
                 latencies.append(clock() - start)
 
-    started = clock()
     await asyncio.gather(*(worker() for _ in range(workload.concurrency)))
-    return clock() - started, latencies
+    return clock() - started, latencies, next_user
 
 
 def make_result(
     group: str, system: str, workload: Workload, seconds: float, latencies: list[float],
-    **extra: Any,
+    users_done: int, **extra: Any,
 ) -> Result:
     latencies.sort()
     count = len(latencies)
@@ -107,6 +115,7 @@ def make_result(
         group=group,
         system=system,
         users=workload.users,
+        users_done=users_done,
         concurrency=workload.concurrency,
         messages=count,
         seconds=round(seconds, 4),
@@ -139,11 +148,12 @@ class Report:
         throughput = [r for r in self.results if r.messages]
         if throughput:
             table = Table(title="messages/second (N users x 20 messages)")
-            for name in ("system", "users", "conc.", "msg/s", "p50 ms", "p99 ms", "notes"):
+            for name in ("system", "users", "done", "conc.", "msg/s", "p50 ms", "p99 ms",
+                         "notes"):
                 table.add_column(name, justify="left" if name in ("system", "notes") else "right")
             for r in throughput:
                 notes = _notes(r.extra)
-                table.add_row(r.system, f"{r.users:,}", str(r.concurrency),
+                table.add_row(r.system, f"{r.users:,}", f"{r.users_done:,}", str(r.concurrency),
                               f"{r.msgs_per_s:,.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", notes)
             console.print(table)
         other = [r for r in self.results if not r.messages]
