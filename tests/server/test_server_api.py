@@ -291,7 +291,8 @@ async def test_seed_001_api(svc: Service) -> None:
     context = (await svc.client.post("/api/sessions", json={
         "action": "buildContext", "sessionId": sid, "maxMessages": 20,
     })).json()["context"]
-    assert [m["content"] for m in context["messages"]] == ["What's the weather?", "It's sunny today!"]
+    contents = [m["content"] for m in context["messages"]]
+    assert contents == ["What's the weather?", "It's sunny today!"]
 
     one = (await svc.client.get("/api/sessions", params={"id": sid})).json()
     assert [m["role"] for m in one["session"]["messages"]] == ["user", "assistant"]

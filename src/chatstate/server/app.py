@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -113,8 +114,10 @@ def create_app(
         store = open_store(settings.store_url)
         if settings.encryption_keys:
             enable_encryption(store, Encryptor(settings.encryption_keys))
-        extra = {"carry_over": ("name",)} if settings.bot is None and bot is None else {}
-        manager = SessionManager(store, policy=LifecyclePolicy.from_env(**extra))
+        policy = LifecyclePolicy.from_env()
+        if settings.bot is None and bot is None:  # the demo bot remembers a name across sessions
+            policy = dataclasses.replace(policy, carry_over=("name",))
+        manager = SessionManager(store, policy=policy)
     elif settings.encryption_keys and manager.store.codec.encryptor is None:
         enable_encryption(manager.store, Encryptor(settings.encryption_keys))
     the_bot: Bot = make_bot(bot, manager) if bot is not None else load_bot(settings.bot, manager)

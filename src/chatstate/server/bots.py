@@ -65,9 +65,10 @@ def _positional_count(fn: Callable[..., Any]) -> int:
 
 def make_bot(obj: Any, manager: SessionManager, name: str | None = None) -> Bot:
     """Turn a function, object, class or factory into a `Bot`."""
-    label = name or getattr(obj, "__name__", type(obj).__name__)
+    label: str = name or str(getattr(obj, "__name__", type(obj).__name__))
     if inspect.isclass(obj):
-        obj = obj(manager) if _positional_count(obj.__init__) >= 2 else obj()
+        factory: Any = obj
+        obj = factory(manager) if _positional_count(factory.__init__) >= 2 else factory()
     reply = getattr(obj, "reply", None) if not inspect.isfunction(obj) else None
     fn: Callable[..., Any] = reply if callable(reply) else obj
     if not callable(fn):

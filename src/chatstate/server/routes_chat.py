@@ -80,7 +80,7 @@ async def chat_once(
                 if reply.text:
                     rt.memory.stage(s, Message(role="assistant", content=reply.text))
             record = s.record
-        await rt.funnel.step_changed(before, position(record.flow))
+        await rt.funnel.step_changed(before, position(s.record.flow))
     else:
         assert bot.self_reply is not None
         before = position((await rt.manager.get(key) or _NO_FLOW).flow) if rt.flows else None

@@ -254,7 +254,8 @@ def build(rt: Runtime, role: Any) -> APIRouter:
             await rt.memory.clear_messages(s, keep_summaries=True)
             return s.history.drop_messages_through or 0
 
-        record, dropped = await rt.change(ref, clear)
+        record, dropped_seq = await rt.change(ref, clear)
+        dropped: int = dropped_seq
         summaries = await rt.memory.summaries(record)
         return {"dropped_through_seq": dropped, "summaries_kept": len(summaries)}
 

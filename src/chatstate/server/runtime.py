@@ -12,7 +12,7 @@ import asyncio
 import copy
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from ..engine import SessionManager
 from ..errors import ConfigurationError
@@ -30,7 +30,6 @@ from .settings import Settings
 
 log = logging.getLogger("chatstate.server")
 
-T = TypeVar("T")
 FlowsArg = FlowRunner | Mapping[str, Flow] | Iterable[Flow] | None
 
 
@@ -156,9 +155,9 @@ class Runtime:
         return current is not None and current.id == record.id
 
     async def change(
-        self, ref: str | SessionRecord, fn: Callable[[Session], T | Awaitable[T]], *,
+        self, ref: str | SessionRecord, fn: Callable[[Session], Any], *,
         if_match: int | None = None,
-    ) -> tuple[SessionRecord, T]:
+    ) -> tuple[SessionRecord, Any]:
         """Run `fn` on the active session `ref` through the engine and commit it."""
         record = ref if isinstance(ref, SessionRecord) else await self.find(ref)
         if record.status is not Status.ACTIVE:
@@ -199,7 +198,7 @@ class Runtime:
             ) from None
         if refused is not None:
             raise refused
-        return out, result  # type: ignore[return-value]
+        return out, result
 
     # -- flows ------------------------------------------------------------------------------
 
