@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from backends import REDIS_URL, require_service
+from backends import (
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_postgres_schema,
+    require_postgres,
+    require_service,
+)
 from chatstate import FakeClock, Incoming, LifecyclePolicy, Message, SessionKey, SessionManager
 from chatstate.cli import COMMANDS, EXIT_BAD_INPUT, main
 from chatstate.demo import DemoBot, demo_manager, flow_examples
@@ -336,10 +342,34 @@ def test_errors_never_show_a_traceback(tmp_path: Path) -> None:
         done.stderr.strip()] and "unknown store URL scheme 'bogus'" in done.stderr
 
 
+def test_db_upgrade_creates_then_finds_the_postgres_schema(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    require_postgres()
+    schema = f"cli_upgrade_{uuid.uuid4().hex[:10]}"
+    url = f"{POSTGRES_URL}?schema={schema}"
+    try:
+        code, out, _ = run_cli(capsys, "db", "upgrade", "--store", url)
+        assert code == 0 and out.startswith("applied schema migration(s) 1")
+        code, out, _ = run_cli(capsys, "db", "upgrade", "--store", url)
+        assert code == 0 and "already current" in out
+    finally:
+        asyncio.run(drop_postgres_schema(schema))
+
+
+def test_flows_diagram(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "flows", "diagram", "order")
+    assert code == 0 and out.startswith("stateDiagram-v2") and "quantity" in out
+    code, _, err = run_cli(capsys, "flows", "diagram", "nosuchflow")
+    assert code == EXIT_BAD_INPUT and "neither module:attribute nor a flow example" in err
+    code, _, err = run_cli(capsys, "flows", "diagram", "nosuchmodule:flow")
+    assert code == EXIT_BAD_INPUT and "cannot import" in err
+
+
 def test_registry_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for name in ("demo", "sessions"):
+    for name in ("demo", "sessions", "db", "flows"):
         assert name in COMMANDS and name in out

@@ -51,7 +51,11 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 # Modules whose import registers subcommands (each uses @command).
-COMMAND_MODULES: list[str] = ["chatstate.cli_demo", "chatstate.cli_sessions"]
+COMMAND_MODULES: list[str] = [
+    "chatstate.cli_demo",
+    "chatstate.cli_sessions",
+    "chatstate.cli_admin",
+]
 
 
 def command(
