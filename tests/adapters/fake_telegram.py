@@ -56,6 +56,7 @@ class FakeTelegram:
 
     calls: list[Call] = field(default_factory=list)
     fail_methods: set[str] = field(default_factory=set)  # answer these with an API error
+    pending: list[dict[str, Any]] = field(default_factory=list)  # served by getUpdates
     port: int = 0
     _runner: web.AppRunner | None = None
     _message_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
@@ -133,13 +134,23 @@ class FakeTelegram:
             return _error(401, "Unauthorized")
         if method in self.fail_methods:
             return _error(400, "Bad Request: chat not found")
+        if method == "getUpdates":
+            return web.json_response({"ok": True, "result": await self._updates(params)})
         return web.json_response({"ok": True, "result": self._result(method, params)})
+
+    async def _updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Long polling: queued updates from `offset` on (confirming the earlier ones), or an
+        empty answer after a short wait."""
+        offset = int(params.get("offset") or 0)
+        self.pending = [u for u in self.pending if u["update_id"] >= offset]
+        if not self.pending:
+            await asyncio.sleep(0.05)
+        limit = int(params.get("limit") or 100)
+        return self.pending[:limit]
 
     def _result(self, method: str, params: dict[str, Any]) -> Any:
         if method == "getMe":
             return BOT_USER
-        if method == "getUpdates":
-            return []
         if method in ("sendMessage", "editMessageText"):
             chat_id = params.get("chat_id")
             message_id = params.get("message_id") or next(self._message_ids)
