@@ -133,3 +133,13 @@ class InvalidMessageError(ChatstateError, ValueError):
 
 class InvalidExportError(ChatstateError, ValueError):
     """An export file (JSON Lines) is malformed or from a newer format version."""
+
+
+class PlatformAPIError(ChatstateError):
+    """A chat platform's API refused a call (WhatsApp Graph API, Discord REST, ...)."""
+
+    def __init__(self, platform: str, status: int, detail: str) -> None:
+        super().__init__(f"{platform} API answered {status}: {detail}")
+        self.platform = platform
+        self.status = status
+        self.detail = detail
