@@ -20,6 +20,7 @@ session scans (an operator's lookup).
 
 from __future__ import annotations
 
+import builtins
 import heapq
 import itertools
 import logging
@@ -461,13 +462,15 @@ class MemoryStore(Store):
 
     async def read_tail(
         self, ref: SessionRef, limit: int, *, before_seq: int | None = None
-    ) -> list[Message]:
+    ) -> builtins.list[Message]:
         found = self._history.get(ref.id)
         if found is None:
             return []
         return [self.codec.decode_message(raw) for raw in found.tail(limit, before_seq)]
 
-    async def read_range(self, ref: SessionRef, start_seq: int, end_seq: int) -> list[Message]:
+    async def read_range(
+        self, ref: SessionRef, start_seq: int, end_seq: int
+    ) -> builtins.list[Message]:
         found = self._history.get(ref.id)
         if found is None:
             return []
@@ -477,21 +480,22 @@ class MemoryStore(Store):
         found = self._history.get(ref.id)
         return len(found.seqs) if found is not None else 0
 
-    async def list_summaries(self, ref: SessionRef) -> list[Summary]:
+    async def list_summaries(self, ref: SessionRef) -> builtins.list[Summary]:
         return [self.codec.decode_summary(raw) for _, _, raw in self._summaries.get(ref.id, ())]
 
     # -- due index --------------------------------------------------------------------------
 
     async def claim_due(
         self, kind: str, now: float, limit: int, *, claim_seconds: float = 30.0
-    ) -> list[DueItem]:
+    ) -> builtins.list[DueItem]:
         check_kind(kind)
         index = self._due[kind]
         cutoff = math.floor(now)
         until = now + claim_seconds
-        out: list[DueItem] = []
+        out: builtins.list[DueItem] = []
         seen: set[str] = set()
-        readd: list[tuple[float, str]] = []  # applied after the scan so nothing is seen twice
+        # Re-added after the scan, so that nothing is seen twice in one call.
+        readd: builtins.list[tuple[float, str]] = []
         while index.times and index.times[0] <= cutoff and len(out) < limit:
             second = index.times[0]
             bucket = index.buckets[second]
@@ -556,7 +560,7 @@ class MemoryStore(Store):
         # Evict a batch (~1%) at once: scanning to the oldest entry of a dict costs more than
         # taking several, so batching keeps eviction O(1) amortised.
         batch = max(excess, min(1024, self.max_sessions // 100))
-        victims: list[tuple[str, bytes]] = [
+        victims: builtins.list[tuple[str, bytes]] = [
             (OLD + i, raw) for i, raw in itertools.islice(self._old.items(), batch)
         ]
         if len(victims) < batch:
