@@ -9,7 +9,6 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,18 +105,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 @command("sessions", "inspect and manage stored sessions", configure=_configure)
 async def sessions(args: argparse.Namespace) -> int:
     action: Callable[[Store, argparse.Namespace], Awaitable[int]] = args._action
-    async with _opened(args.store) as store:
+    async with open_store(args.store) as store:
         return await action(store, args)
-
-
-@asynccontextmanager
-async def _opened(url: str) -> AsyncIterator[Store]:
-    store = open_store(url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -232,18 +221,22 @@ async def delete_session(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-async def session_ids(store: Store, filter: SessionFilter | None) -> list[str]:
-    """Ids of the matching sessions, oldest activity first: importing a file in this order
-    leaves the newest session of every key as its current one. Holds ids, not records."""
-    refs: list[tuple[float, str]] = []
+async def matching(store: Store, filter: SessionFilter | None) -> AsyncIterator[SessionRecord]:
+    """Every record matching `filter`, a page at a time."""
     cursor: str | None = None
     while True:
         page = await store.list(filter, limit=500, cursor=cursor)
-        refs.extend((r.last_activity, r.id) for r in page.items)
+        for record in page.items:
+            yield record
         cursor = page.next_cursor
         if not cursor or not page.items:
-            break
-    refs.sort()
+            return
+
+
+async def session_ids(store: Store, filter: SessionFilter | None) -> list[str]:
+    """Ids of the matching sessions, oldest activity first: importing a file in this order
+    leaves the newest session of every key as its current one. Holds ids, not records."""
+    refs = sorted([(r.last_activity, r.id) async for r in matching(store, filter)])
     return [session_id for _, session_id in refs]
 
 
@@ -318,16 +311,11 @@ def _read_lines(name: str) -> list[str]:
 async def purge_sessions(store: Store, args: argparse.Namespace) -> int:
     before = parse_when(args.before)
     statuses = [args.status] if args.status else ["closed", "expired"]
+    # Collected before deleting, so that deletions cannot disturb the listing's cursor.
     refs: list[tuple[str, str]] = []
     for status in statuses:
         flt = SessionFilter(status=status, platform=args.platform, updated_before=before)
-        cursor: str | None = None
-        while True:
-            page = await store.list(flt, limit=500, cursor=cursor)
-            refs.extend((r.key, r.id) for r in page.items)
-            cursor = page.next_cursor
-            if not cursor or not page.items:
-                break
+        refs += [(r.key, r.id) async for r in matching(store, flt)]
     if args.dry_run:
         print(f"would purge {len(refs)} session(s) last active before {_when(before)}")
         return 0
