@@ -20,12 +20,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fake_telegram import BOT_ID, TOKEN, FakeTelegram, text_update  # noqa: E402
+from fake_telegram import BOT_ID, TOKEN, FakeTelegram, text_update
 
-from chatstate.engine import SessionManager  # noqa: E402
-from chatstate.model import Incoming, SessionKey  # noqa: E402
-from chatstate.session import Session  # noqa: E402
-from chatstate.stores.redis import RedisStore  # noqa: E402
+from chatstate.engine import SessionManager
+from chatstate.model import Incoming, SessionKey
+from chatstate.session import Session
+from chatstate.stores.redis import RedisStore
 
 FSM_PLATFORM = f"telegram.{BOT_ID}"  # what aiogram's storage key maps to
 

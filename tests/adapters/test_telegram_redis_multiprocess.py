@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from backends import _standalone_url
 
 SCRIPT = Path(__file__).with_name("telegram_bot_proc.py")
