@@ -263,14 +263,17 @@ class BotRuntime:
         *,
         deliver: Deliver | None = None,
         handler: HandlerLike | None = None,
+        key: SessionKey | None = None,
     ) -> Result:
         """Handle one update: open its session, run the handler (or `handler` for this update
-        only, e.g. an entry point starting a flow), commit, then `deliver(result)`.
+        only, e.g. an entry point starting a flow), commit, then `deliver(result)`. `key`
+        overrides `key_for` when the adapter knows more than the `Incoming` says (e.g. the
+        Discord guild of a member-scoped session).
 
         Updates of one key are taken in arrival order and `deliver` runs before the next one
         starts, so replies leave in order too (the session itself is already committed and
         released by then)."""
-        key = self.key_for(incoming)
+        key = key if key is not None else self.key_for(incoming)
         ks = str(key)
         if self.busy != "wait" and self._order.locked(ks):
             result = self._busy(key)
@@ -368,6 +371,26 @@ def _user_text(incoming: Incoming) -> str:
     if incoming.attachments:
         return f"[{incoming.attachments[0].kind}]"
     return ""
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Split `text` into parts of at most `limit` characters, at a paragraph, line or word
+    boundary when one is in the second half of the window (platforms cap message length:
+    Discord 2000, WhatsApp 4096, Telegram 4096)."""
+    if limit < 1:
+        raise ConfigurationError(f"split_text needs a positive limit, got {limit}")
+    parts: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = max(window.rfind("\n\n"), window.rfind("\n"), window.rfind(" "))
+        if cut < limit // 2:
+            cut = limit
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest or not parts:
+        parts.append(rest)
+    return parts
 
 
 # -- notifications ------------------------------------------------------------------------------
@@ -492,4 +515,5 @@ __all__ = [
     "open_session",
     "publish_session",
     "scope_key",
+    "split_text",
 ]
