@@ -54,6 +54,7 @@ from .base import (
     RuntimeTexts,
     as_handler,
     scope_key,
+    split_text,
 )
 
 try:
@@ -202,22 +203,6 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
-    """Split at paragraph, line or word boundaries into parts of at most `limit` characters."""
-    parts: list[str] = []
-    rest = text
-    while len(rest) > limit:
-        window = rest[:limit]
-        cut = max(window.rfind("\n\n"), window.rfind("\n"), window.rfind(" "))
-        if cut < limit // 2:
-            cut = limit
-        parts.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
-    if rest or not parts:
-        parts.append(rest)
-    return parts
-
-
 def _choices(outgoing: Outgoing) -> tuple[list[tuple[str, str]], list[Button]]:
     """(id, title) pairs for the reply buttons or list rows, and the URL buttons."""
     choices: list[tuple[str, str]] = []
@@ -270,7 +255,7 @@ def render(to: str, outgoing: Outgoing) -> list[dict[str, Any]]:
     if interactive is None:
         return [
             {**base, "type": "text", "text": {"body": part, "preview_url": "http" in part}}
-            for part in split_text(text)
+            for part in split_text(text, MAX_TEXT)
         ]
     parts = split_text(text or "…", MAX_TEXT)
     head, last = parts[:-1], parts[-1]
@@ -525,7 +510,6 @@ __all__ = [
     "incomings_from_webhook",
     "render",
     "sign",
-    "split_text",
     "verify_handshake",
     "verify_signature",
 ]
