@@ -373,6 +373,52 @@ def _user_text(incoming: Incoming) -> str:
     return ""
 
 
+# -- the terminal as a platform ------------------------------------------------------------
+
+
+def render_text(outgoing: Outgoing) -> str:
+    """A reply as plain text: buttons as ``[label]``, a reply keyboard as ``(label)``."""
+    lines = [outgoing.text] if outgoing.text else []
+    for row in outgoing.buttons:
+        lines.append("  ".join(f"[{b.text}]" for b in row))
+    for keys in outgoing.keyboard:
+        lines.append("  ".join(f"({label})" for label in keys))
+    return "\n".join(lines)
+
+
+async def run_terminal(
+    runtime: BotRuntime,
+    read_line: Callable[[], Awaitable[str | None]],
+    write: Callable[[str], Any],
+    *,
+    user_id: str = "local",
+    platform: str = "cli",
+) -> int:
+    """Chat with `runtime`'s bot offline, one line per message (no platform, no network). A
+    line that is a button's label presses it. Returns the number of messages handled."""
+    buttons: dict[str, str] = {}
+    handled = 0
+    while True:
+        line = await read_line()
+        if line is None:
+            return handled
+        text = line.strip()
+        if not text:
+            continue
+        if text in buttons:
+            incoming = Incoming.button(buttons[text], platform=platform, user_id=user_id,
+                                       chat_id=user_id)
+        else:
+            incoming = Incoming.from_text(text, platform=platform, user_id=user_id,
+                                          chat_id=user_id)
+        result = await runtime.process(incoming)
+        handled += 1
+        buttons = {b.text: b.payload for o in result.replies for row in o.buttons for b in row
+                   if b.payload is not None}
+        for outgoing in result.replies:
+            write(render_text(outgoing))
+
+
 def split_text(text: str, limit: int) -> list[str]:
     """Split `text` into parts of at most `limit` characters, at a paragraph, line or word
     boundary when one is in the second half of the window (platforms cap message length:
@@ -514,6 +560,8 @@ __all__ = [
     "chat_ref_of",
     "open_session",
     "publish_session",
+    "render_text",
+    "run_terminal",
     "scope_key",
     "split_text",
 ]
