@@ -36,6 +36,7 @@ BOT_USER = {
 class Call:
     method: str
     params: dict[str, Any]
+    result: Any = None  # what the server answered
 
     @property
     def chat_id(self) -> int | str | None:
@@ -48,6 +49,12 @@ class Call:
     @property
     def markup(self) -> dict[str, Any] | None:
         return self.params.get("reply_markup")
+
+    @property
+    def message_id(self) -> int:
+        """The id of the message this call sent or edited."""
+        assert isinstance(self.result, dict), f"{self.method} returned no message"
+        return int(self.result["message_id"])
 
 
 @dataclass
@@ -126,7 +133,8 @@ class FakeTelegram:
         method = request.match_info["method"]
         token = request.match_info["token"]
         params = await _params(request)
-        self.calls.append(Call(method, params))
+        call = Call(method, params)
+        self.calls.append(call)
         if self._changed is not None:
             async with self._changed:
                 self._changed.notify_all()
@@ -136,7 +144,8 @@ class FakeTelegram:
             return _error(400, "Bad Request: chat not found")
         if method == "getUpdates":
             return web.json_response({"ok": True, "result": await self._updates(params)})
-        return web.json_response({"ok": True, "result": self._result(method, params)})
+        call.result = self._result(method, params)
+        return web.json_response({"ok": True, "result": call.result})
 
     async def _updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Long polling: queued updates from `offset` on (confirming the earlier ones), or an
