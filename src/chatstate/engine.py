@@ -89,6 +89,7 @@ class SessionManager:
         self._opened = False
         self._open_lock = asyncio.Lock()
         self._defaults = _defaults_factory(defaults)
+        self._default_names = frozenset(self._defaults())
         self.store.codec.on_repair = self._on_repair
 
     # -- public API -------------------------------------------------------------------------
@@ -229,9 +230,11 @@ class SessionManager:
         )
 
     def _fill_defaults(self, record: SessionRecord) -> None:
-        defaults = self._defaults()
+        """Give a loaded record the default fields added since it was stored."""
         data = record.data
-        for name, value in defaults.items():
+        if self._default_names.issubset(data.keys()):
+            return  # the common case: no copy of the defaults is built
+        for name, value in self._defaults().items():
             if name not in data:
                 data[name] = value
 
@@ -401,6 +404,12 @@ class _SessionContext:
 
     async def _announce(self, session: Session, record: SessionRecord, now: float) -> None:
         bus = self.manager.events
+        if not (
+            session.created or self.extended or record.status is not Status.ACTIVE
+            or bus.listening(ev.SESSION_COMMITTED) or "_event" in session.temp
+        ):
+            bus.count(ev.SESSION_COMMITTED)  # the common case: nothing to build or await
+            return
         if session.created:
             await bus.emit(
                 Event(name=ev.SESSION_CREATED, key=self.ks, session_id=record.id, at=now)
@@ -419,10 +428,13 @@ class _SessionContext:
         marker = session.temp.get("_event")
         if marker:
             await bus.emit(Event(name=marker, key=self.ks, session_id=record.id, at=now))
-        await bus.emit(
-            Event(name=ev.SESSION_COMMITTED, key=self.ks, session_id=record.id, at=now,
-                  data={"version": record.version})
-        )
+        if bus.listening(ev.SESSION_COMMITTED):
+            await bus.emit(
+                Event(name=ev.SESSION_COMMITTED, key=self.ks, session_id=record.id, at=now,
+                      data={"version": record.version})
+            )
+        else:
+            bus.count(ev.SESSION_COMMITTED)
 
     # -- failure ----------------------------------------------------------------------------
 

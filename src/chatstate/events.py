@@ -68,6 +68,14 @@ class EventBus:
         if hook in hooks:
             hooks.remove(hook)
 
+    def listening(self, name: str) -> bool:
+        """True when some hook wants `name` (lets hot paths skip building the event)."""
+        return name in self._hooks or "*" in self._hooks
+
+    def count(self, name: str) -> None:
+        """Count an event nobody listens to without building it."""
+        self.counts[name] += 1
+
     async def emit(self, event: Event) -> None:
         self.counts[event.name] += 1
         if log.isEnabledFor(logging.DEBUG):

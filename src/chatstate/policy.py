@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Protocol
 
 from .errors import ConfigurationError
@@ -136,8 +137,14 @@ class LifecyclePolicy:
 
     # -- resolution -------------------------------------------------------------------------
 
+    @cached_property
+    def _own_timeouts(self) -> Timeouts:
+        return Timeouts(**{name: getattr(self, name) for name in _OVERRIDABLE})
+
     def effective(self, record: SessionRecord) -> Timeouts:
         """The timeouts for `record`: session override, else its flow's, else this policy's."""
+        if (record.flow is None or not self.flows) and LIFECYCLE_KEY not in record.data:
+            return self._own_timeouts  # the common case: computed once per policy
         values: dict[str, Any] = {name: getattr(self, name) for name in _OVERRIDABLE}
         if record.flow is not None and self.flows:
             flow_timeouts = self.flows.get(record.flow.name)
@@ -163,8 +170,11 @@ class LifecyclePolicy:
             return max(0.0, float(rule(messages)))
         return sum(r.extra(messages) for r in rule)
 
-    def deadline(self, record: SessionRecord, now: float) -> float | None:
-        timeouts = self.effective(record)
+    def deadline(
+        self, record: SessionRecord, now: float, timeouts: Timeouts | None = None
+    ) -> float | None:
+        if timeouts is None:
+            timeouts = self.effective(record)
         deadline: float | None = None
         if timeouts.idle_timeout is not None:
             idle = timeouts.idle_timeout + self.extra_seconds(record.counters.messages)
@@ -185,9 +195,10 @@ class LifecyclePolicy:
         if record.status is not Status.ACTIVE:
             self.closed(record, now)
             return 0.0
-        deadline = self.deadline(record, now)
+        timeouts = self.effective(record)
+        deadline = self.deadline(record, now, timeouts)
         record.expires_at = deadline
-        warn = self.effective(record).warn_before
+        warn = timeouts.warn_before
         if deadline is not None and warn is not None and deadline - warn > now:
             record.warn_at = deadline - warn
         else:
