@@ -52,8 +52,66 @@ def backend(name: str) -> Callable[[StoreFactory], StoreFactory]:
     return register
 
 
-async def _noop() -> AsyncIterator[None]:  # pragma: no cover - keeps the typing import used
-    yield None
+# A peer opens a second store instance on the same data as a given one (same file, prefix or
+# schema), for tests where several instances of a shared backend race each other. Backends
+# whose data cannot be shared (memory) register none.
+PeerFactory = Callable[[Store], AbstractAsyncContextManager[Store]]
+PEERS: dict[str, PeerFactory] = {}
+
+
+def peer(name: str) -> Callable[[PeerFactory], PeerFactory]:
+    def register(factory: PeerFactory) -> PeerFactory:
+        PEERS[name] = factory
+        return factory
+
+    return register
+
+
+# -- the embedded stores ----------------------------------------------------------------------
+
+
+@backend("memory")
+@contextlib.asynccontextmanager
+async def memory_store() -> AsyncIterator[Store]:
+    from chatstate.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+# @backend("sqlite")  -- registered once SQLiteStore lands
+@contextlib.asynccontextmanager
+async def sqlite_store() -> AsyncIterator[Store]:
+    """An SQLiteStore on a file of its own in a temporary directory, removed afterwards."""
+    import tempfile
+
+    from chatstate.stores.sqlite import SQLiteStore
+
+    with tempfile.TemporaryDirectory(prefix="chatstate-test-") as directory:
+        store = SQLiteStore.from_url(f"sqlite:///{directory}/test.db")
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+# @peer("sqlite")
+@contextlib.asynccontextmanager
+async def sqlite_peer(store: Store) -> AsyncIterator[Store]:
+    from chatstate.stores.sqlite import SQLiteStore
+
+    assert isinstance(store, SQLiteStore)
+    other = SQLiteStore.from_url(store.url)
+    await other.open()
+    try:
+        yield other
+    finally:
+        await other.close()
 
 
 # -- Redis (standalone on the machine's server, and a test-owned 3-master Cluster) -------------
