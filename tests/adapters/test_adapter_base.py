@@ -181,12 +181,21 @@ async def test_a_raising_handler_gets_an_apology() -> None:
 async def test_handler_sees_its_open_session() -> None:
     manager = SessionManager(MemoryStore())
     seen: list[bool] = []
+    later = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def after_the_update(key: SessionKey) -> None:
+        await later.wait()
+        seen.append(open_session(key) is None)  # committed: no longer handed out
 
     async def handler(session: Session, incoming: Incoming) -> None:
         seen.append(open_session(session.key) is session)
+        tasks.append(asyncio.create_task(after_the_update(session.key)))
 
     await BotRuntime(manager, handler).process(msg("hi"))
-    assert seen == [True] and open_session("telegram:user:7") is None
+    later.set()
+    await asyncio.gather(*tasks)
+    assert seen == [True, True] and open_session("telegram:user:7") is None
 
 
 async def test_lifecycle_notifications_reach_the_chat() -> None:

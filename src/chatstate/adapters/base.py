@@ -214,18 +214,26 @@ def open_session(key: SessionKey | str) -> Session | None:
     if any: code running inside the update writes to it instead of opening the key again (which
     would wait for itself)."""
     sessions = _OPEN.get()
-    return None if sessions is None else sessions.get(str(key))
+    session = None if sessions is None else sessions.get(str(key))
+    # A task started during the update keeps a copy of the context after the update ended;
+    # the session it sees there is committed and must not be written to any more.
+    return session if session is not None and id(session) in _LIVE else None
+
+
+_LIVE: set[int] = set()  # ids of the sessions inside a publish_session block right now
 
 
 @contextmanager
 def publish_session(session: Session) -> Iterator[None]:
     """Make `session` visible to `open_session` for the duration of the block (this task and
-    the tasks it starts)."""
+    the tasks it starts, while the block lasts)."""
     current = _OPEN.get() or {}
     token = _OPEN.set({**current, str(session.key): session})
+    _LIVE.add(id(session))
     try:
         yield
     finally:
+        _LIVE.discard(id(session))
         _OPEN.reset(token)
 
 
