@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from . import events as ev
-from .clock import SYSTEM_CLOCK, Clock
+from .clock import SYSTEM_CLOCK, Clock, SystemClock
 from .errors import ConflictError, CorruptRecordError, LockTimeout
 from .events import Event, EventBus
 from .locks import KeyLocks
@@ -75,6 +75,11 @@ class SessionManager:
     ) -> None:
         self.store: Store = store if isinstance(store, Store) else open_store(store)
         self.clock: Clock = clock or SYSTEM_CLOCK
+        if clock is not None and hasattr(self.store, "clock"):
+            # One notion of time: a store left on its default clock follows the manager's
+            # (a FakeClock in tests drives leases and due times too).
+            if self.store.clock is None or isinstance(self.store.clock, SystemClock):
+                self.store.clock = clock
         self.policy = policy or LifecyclePolicy()
         self.events = events or EventBus()
         self.keep_on_reset = tuple(keep_on_reset)

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from .engine import SessionManager
 
 
+# Data keys the library keeps for itself (memory fork links, lifecycle overrides): a reset of
+# the conversation keeps them because they describe the session, not the operation.
+RESERVED_DATA_PREFIXES = ("_chatstate", "_lifecycle")
+
+
 class Session:
     __slots__ = ("_key", "_reset_keep", "created", "history", "manager", "record", "temp")
 
@@ -172,7 +177,10 @@ class Session:
         keep_all = set(keep)
         if self.manager is not None:
             keep_all.update(self.manager.keep_on_reset)
-        kept = {k: v for k, v in self.record.data.items() if k in keep_all}
+        kept = {
+            k: v for k, v in self.record.data.items()
+            if k in keep_all or k.startswith(RESERVED_DATA_PREFIXES)
+        }
         defaults = self.manager.default_data() if self.manager is not None else {}
         self.record.data = {**defaults, **kept}
         self.record.state = None
