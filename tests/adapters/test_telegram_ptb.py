@@ -130,6 +130,8 @@ async def test_rendering_keyboards_removal_and_edits(app: AnyApp, fake: FakeTele
             return [Outgoing(text="Pick", keyboard=[["Apple", "Pear"], ["Cancel"]])]
         if incoming.text == "Cancel":
             return [Outgoing(text="Closed", remove_keyboard=True)]
+        if incoming.text == "long":
+            return [Outgoing(text="word " * 1000, buttons=[[Button(text="More", payload="m")]])]
         return [Outgoing(text="Page 1", buttons=[[Button(text="Next", payload="next"),
                                                   Button(text="Docs", url="https://example.com")]])]
 
@@ -150,6 +152,11 @@ async def test_rendering_keyboards_removal_and_edits(app: AnyApp, fake: FakeTele
     assert keyboard["resize_keyboard"] is True
     await feed(app, text_update("Cancel"))
     assert fake.sent(42)[-1].markup == {"remove_keyboard": True}
+    await feed(app, text_update("long"))  # 5000 characters: two messages, buttons on the last
+    first, second = fake.sent(42)[-2:]
+    assert len(first.text or "") <= 4096 and first.markup is None
+    assert ((first.text or "") + " " + (second.text or "")).split() == ["word"] * 1000
+    assert buttons(second) == [["More"]]
 
 
 async def test_fifty_concurrent_updates_of_one_user_keep_order(fake: FakeTelegram) -> None:

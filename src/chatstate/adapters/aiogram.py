@@ -60,6 +60,7 @@ from .base import (
     RuntimeTexts,
     open_session,
     publish_session,
+    split_text,
 )
 
 try:
@@ -94,6 +95,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 log = logging.getLogger("chatstate.adapters.aiogram")
 
 PLATFORM = "telegram"
+TEXT_LIMIT = 4096  # characters in one Telegram message
 HIDDEN = (LIFECYCLE_KEY, REPLY_TO_FIELD)  # chatstate's own fields inside session data
 AFTER_COMMIT = "_chatstate_after_commit"  # session.temp: callbacks to run once committed
 
@@ -354,9 +356,14 @@ async def send_outgoing(
             reply_markup=markup,
             parse_mode=outgoing.parse_mode,
         )
+    thread = int(chat.thread_id) if chat.thread_id else None
+    parts = split_text(outgoing.text, TEXT_LIMIT) or [""]
+    for part in parts[:-1]:  # over Telegram's limit: the keyboard goes with the last part
+        await bot.send_message(chat_id=chat_id, text=part, parse_mode=outgoing.parse_mode,
+                               message_thread_id=thread)
     return await bot.send_message(
-        chat_id=chat_id, text=outgoing.text, reply_markup=markup, parse_mode=outgoing.parse_mode,
-        message_thread_id=int(chat.thread_id) if chat.thread_id else None,
+        chat_id=chat_id, text=parts[-1], reply_markup=markup, parse_mode=outgoing.parse_mode,
+        message_thread_id=thread,
     )
 
 

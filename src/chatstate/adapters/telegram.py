@@ -45,6 +45,7 @@ from .base import (
     NotificationTexts,
     Result,
     RuntimeTexts,
+    split_text,
 )
 
 try:
@@ -76,6 +77,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 log = logging.getLogger("chatstate.adapters.telegram")
 
 PLATFORM = "telegram"
+TEXT_LIMIT = 4096  # characters in one Telegram message
 Markup = InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove
 SessionCallback = Callable[[Update, Any, Session], Awaitable[Any]]
 
@@ -194,9 +196,14 @@ async def send_outgoing(
             outgoing.text, chat_id=chat_id, message_id=int(edit_message_id),
             reply_markup=markup, parse_mode=outgoing.parse_mode,
         )
+    thread = int(chat.thread_id) if chat.thread_id else None
+    parts = split_text(outgoing.text, TEXT_LIMIT) or [""]
+    for part in parts[:-1]:  # over Telegram's limit: the keyboard goes with the last part
+        await bot.send_message(chat_id, part, parse_mode=outgoing.parse_mode,
+                               message_thread_id=thread)
     return await bot.send_message(
-        chat_id, outgoing.text, reply_markup=markup, parse_mode=outgoing.parse_mode,
-        message_thread_id=int(chat.thread_id) if chat.thread_id else None,
+        chat_id, parts[-1], reply_markup=markup, parse_mode=outgoing.parse_mode,
+        message_thread_id=thread,
     )
 
 
