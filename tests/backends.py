@@ -83,7 +83,7 @@ async def memory_store() -> AsyncIterator[Store]:
         await store.close()
 
 
-# @backend("sqlite")  -- registered once SQLiteStore lands
+@backend("sqlite")
 @contextlib.asynccontextmanager
 async def sqlite_store() -> AsyncIterator[Store]:
     """An SQLiteStore on a file of its own in a temporary directory, removed afterwards."""
@@ -100,7 +100,7 @@ async def sqlite_store() -> AsyncIterator[Store]:
             await store.close()
 
 
-# @peer("sqlite")
+@peer("sqlite")
 @contextlib.asynccontextmanager
 async def sqlite_peer(store: Store) -> AsyncIterator[Store]:
     from chatstate.stores.sqlite import SQLiteStore

@@ -1,0 +1,1048 @@
+"""SQLiteStore: the embedded durable default (`sqlite:///chatstate.db`).
+
+Durability. The database runs in WAL mode with ``synchronous=NORMAL`` by default: every commit
+that returns has been written to the write-ahead log, so it survives a crash or kill of the
+process; a power loss or an operating-system crash may lose the last commits (never corrupt the
+file). ``sqlite:///chatstate.db?synchronous=full`` also syncs the log to disk on every commit,
+so that returned commits survive a power loss too, at the cost of one fsync per transaction.
+
+Concurrency. All SQLite work runs in one dedicated worker thread per store, so the event loop
+never blocks on the disk. Commits that arrive together are written in one transaction (group
+commit), each inside its own SAVEPOINT: every commit's compare-and-set is checked on its own and
+a failing one is rolled back without touching the others. Several processes may open one file:
+the store is `shared`, so the engine takes leases (kept in the file) and writers wait for each
+other up to `busy_timeout` seconds before `StoreUnavailable` is raised.
+
+Options (URL query or keyword): ``synchronous`` (normal | full | off), ``busy_timeout``
+(seconds, default 10), ``fts`` (true | false: keyword search through FTS5 when available).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..codec import Codec
+from ..errors import (
+    ConfigurationError,
+    ConflictError,
+    CorruptRecordError,
+    LeaseLost,
+    SchemaError,
+    StoreUnavailable,
+)
+from ..model import HistoryChanges, Message, SessionRecord, SessionRef, Summary
+from ._common import check_kind, decode_cursor, encode_cursor, flow_step_name, prefix_upper_bound
+from .base import (
+    DUE_KINDS,
+    DueItem,
+    Lease,
+    Page,
+    SessionFilter,
+    SessionStats,
+    Store,
+    corrupt_with_lease,
+)
+from .url import query_options
+
+log = logging.getLogger("chatstate.stores.sqlite")
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+"""Version of the table layout below. A file with a newer version is refused (SchemaError)."""
+
+APP_ID = "chatstate"
+MAX_BATCH = 256  # jobs taken from the queue into one transaction
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chatstate_meta (name TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    current INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    flow TEXT,
+    step TEXT,
+    created_at REAL NOT NULL,
+    last_activity REAL NOT NULL,
+    expires_at REAL,
+    warn_at REAL,
+    purge_at REAL,
+    close_reason TEXT,
+    messages INTEGER NOT NULL DEFAULT 0,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    labels TEXT NOT NULL DEFAULT '{}',
+    version INTEGER NOT NULL,
+    blob BLOB NOT NULL,
+    due_warn REAL,
+    due_expire REAL,
+    due_purge REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sessions_current ON sessions (key) WHERE current = 1;
+CREATE INDEX IF NOT EXISTS sessions_activity ON sessions (last_activity DESC, id);
+CREATE INDEX IF NOT EXISTS sessions_due_warn ON sessions (due_warn) WHERE due_warn IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_due_expire ON sessions (due_expire)
+    WHERE due_expire IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_due_purge ON sessions (due_purge) WHERE due_purge IS NOT NULL;
+CREATE TABLE IF NOT EXISTS messages (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    blob BLOB NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE TABLE IF NOT EXISTS summaries (
+    session_id TEXT NOT NULL,
+    end_seq INTEGER NOT NULL,
+    start_seq INTEGER NOT NULL,
+    blob BLOB NOT NULL,
+    PRIMARY KEY (session_id, end_seq, start_seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    raw BLOB NOT NULL
+);
+"""
+# Keyword search: the text of each message, rowid = messages.rowid.
+_FTS_SCHEMA = "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(body)"
+
+_SYNC_MODES = {"normal": "NORMAL", "full": "FULL", "off": "OFF", "extra": "EXTRA"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker thread
+
+
+class _Job:
+    __slots__ = ("fn", "future", "loop", "write")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        write: bool,
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.fn = fn
+        self.write = write
+        self.future = future
+        self.loop = loop
+
+
+def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in results:
+        if future.done():
+            continue  # the caller was cancelled; the job's effect (if a write) still stands
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+
+class _Worker(threading.Thread):
+    """Owns the connection; runs jobs in order, writes of one batch in one transaction."""
+
+    def __init__(self, path: str, describe: str) -> None:
+        super().__init__(name=f"chatstate-sqlite {describe}", daemon=True)
+        self.path = path
+        self.describe = describe
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.conn: sqlite3.Connection | None = None
+
+    def run(self) -> None:
+        stop = False
+        while not stop:
+            job = self.jobs.get()
+            if job is None:
+                break
+            batch = [job]
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._run_batch(batch)
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        conn = self.conn
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        tx_error: BaseException | None = None
+        in_tx = False
+        if conn is not None and any(job.write for job in batch):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                in_tx = True
+            except sqlite3.Error as exc:
+                tx_error = self._unavailable(exc)
+        for job in batch:
+            if job.write and conn is not None:
+                if not in_tx:
+                    results.append((job, None, tx_error))
+                    continue
+                try:
+                    conn.execute("SAVEPOINT job")
+                except sqlite3.Error as exc:
+                    results.append((job, None, self._unavailable(exc)))
+                    continue
+                try:
+                    value = job.fn(conn)
+                except BaseException as exc:
+                    try:
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                    except sqlite3.Error:
+                        pass  # the whole transaction is gone; COMMIT below reports it
+                    results.append((job, None, self._translate(exc)))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((job, value, None))
+            else:
+                try:
+                    results.append((job, job.fn(conn), None))  # type: ignore[arg-type]
+                except BaseException as exc:
+                    results.append((job, None, self._translate(exc)))
+        if in_tx and conn is not None:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                error = self._unavailable(exc)
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                results = [
+                    (job, None, error) if job.write and err is None else (job, value, err)
+                    for job, value, err in results
+                ]
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for job, value, err in results:
+            by_loop.setdefault(job.loop, []).append((job.future, value, err))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:
+                pass  # that event loop is closed: nobody is waiting any more
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        return self._unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            hint = "another process held the database too long; raise busy_timeout"
+        else:
+            hint = "check the disk and the file's permissions"
+        error = StoreUnavailable(f"SQLite database {self.describe} failed: {text} ({hint})")
+        error.__cause__ = exc
+        return error
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+def _bool_option(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigurationError(f"option {name}={value!r} must be true or false")
+
+
+class SQLiteStore(Store):
+    """Sessions in one SQLite file. See the module docstring for durability and concurrency."""
+
+    shared = True
+    codec_format = "json"
+
+    def __init__(
+        self,
+        path: str = "chatstate.db",
+        *,
+        codec: Codec | None = None,
+        synchronous: str = "normal",
+        busy_timeout: float = 10.0,
+        fts: bool = True,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(codec=codec)
+        mode = _SYNC_MODES.get(str(synchronous).lower())
+        if mode is None:
+            raise ConfigurationError(
+                f"synchronous={synchronous!r} is not valid; use normal (default: survives a "
+                "process crash) or full (also survives a power loss)"
+            )
+        try:
+            busy = float(busy_timeout)
+        except (TypeError, ValueError):
+            busy = -1.0
+        if busy < 0:
+            raise ConfigurationError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
+        self.path = path
+        self.synchronous = mode
+        self.busy_timeout = busy
+        self.clock = clock or SYSTEM_CLOCK
+        self._want_fts = fts
+        self._fts = False  # decided at open: FTS5 available and history not encrypted
+        self._worker: _Worker | None = None
+        self._opening: asyncio.Future[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLiteStore:
+        """`sqlite:///relative.db`, `sqlite:////absolute/path.db`, `sqlite:///:memory:`,
+        with options as query parameters (`?synchronous=full&busy_timeout=30`)."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "sqlite":
+            raise ConfigurationError(f"{url!r} is not a sqlite:// URL")
+        if parts.netloc:
+            raise ConfigurationError(
+                f"{url!r}: a sqlite URL has no host; use sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db (three or four slashes)"
+            )
+        path = unquote(parts.path)
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise ConfigurationError(
+                f"{url!r} names no file; use e.g. sqlite:///chatstate.db"
+            )
+        merged: dict[str, Any] = {**query_options(url), **options}
+        known = {"synchronous", "busy_timeout", "fts", "codec", "clock"}
+        unknown = set(merged) - known
+        if unknown:
+            raise ConfigurationError(
+                f"unknown sqlite:// option(s) {sorted(unknown)}; known: synchronous, "
+                "busy_timeout, fts"
+            )
+        if "fts" in merged:
+            merged["fts"] = _bool_option("fts", merged["fts"])
+        return cls(path, **merged)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._worker is not None:
+            return
+        if self._opening is not None:
+            await asyncio.shield(self._opening)
+            return
+        loop = asyncio.get_running_loop()
+        self._opening = loop.create_future()
+        try:
+            worker = _Worker(self.path, repr(self.path))
+            worker.start()
+            future: asyncio.Future[bool] = loop.create_future()
+            worker.jobs.put(_Job(self._connect_job(worker), False, future, loop))
+            try:
+                self._fts = await future
+            except BaseException:
+                worker.jobs.put(None)
+                raise
+            self._worker = worker
+            self._opening.set_result(None)
+        except BaseException as exc:
+            self._opening.set_exception(exc)
+            self._opening.exception()  # retrieved: no "never retrieved" warning
+            self._opening = None
+            raise
+        self._opening = None
+
+    async def close(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        worker.jobs.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, worker.join, 10.0)
+
+    def _connect_job(self, worker: _Worker) -> Callable[[sqlite3.Connection | None], bool]:
+        def connect(_: sqlite3.Connection | None) -> bool:
+            conn = self._connect()
+            worker.conn = conn
+            return self._fts_enabled(conn)
+
+        return connect
+
+    def _connect(self) -> sqlite3.Connection:
+        where = repr(self.path)
+        if self.path != ":memory:":
+            directory = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(directory):
+                raise ConfigurationError(
+                    f"SQLite database {where}: directory {directory!r} does not exist; create it "
+                    "or use another path"
+                )
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=self.busy_timeout,
+                check_same_thread=True,
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {where}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            self._check_schema(conn, where)
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            self._create_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _tables(conn: sqlite3.Connection) -> set[str]:
+        rows = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
+        ).fetchall()
+        return {name for (name,) in rows}
+
+    def _check_schema(self, conn: sqlite3.Connection, where: str) -> None:
+        """Refuse, changing nothing, a file that is not ours or is newer than this code."""
+        try:
+            tables = self._tables(conn)
+        except sqlite3.DatabaseError as exc:
+            raise SchemaError(
+                f"{where} is not an SQLite database ({exc}); point the store URL at a chatstate "
+                "database or at a new file"
+            ) from None
+        if not tables:
+            return
+        if "chatstate_meta" not in tables:
+            names = ", ".join(sorted(tables)[:8])
+            raise SchemaError(
+                f"{where} is an SQLite database of another application (tables: {names}); "
+                "chatstate will not touch it. Use another file, e.g. sqlite:///chatstate.db"
+            )
+        meta = dict(conn.execute("SELECT name, value FROM chatstate_meta").fetchall())
+        if meta.get("app") != APP_ID:
+            raise SchemaError(f"{where} has a chatstate_meta table but was not made by chatstate")
+        version = meta.get("schema_version")
+        if not isinstance(version, int):
+            raise SchemaError(f"{where} has no valid schema version ({version!r})")
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{where} was written by a newer chatstate (schema version {version}, this code "
+                f"knows {SCHEMA_VERSION}); upgrade chatstate (pip install -U chatstate)"
+            )
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO chatstate_meta (name, value) VALUES "
+                "('app', ?), ('schema_version', ?), ('lease_token', 0)",
+                (APP_ID, SCHEMA_VERSION),
+            )
+            if self._want_fts:
+                try:
+                    conn.execute(_FTS_SCHEMA)
+                except sqlite3.OperationalError as exc:  # SQLite built without FTS5
+                    log.info("keyword search falls back to a scan: %s", exc)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _fts_enabled(self, conn: sqlite3.Connection) -> bool:
+        # Encrypted history must not leak into a plain-text index.
+        return (
+            self._want_fts
+            and self.codec.encryptor is None
+            and "messages_fts" in self._tables(conn)
+        )
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        worker = self._worker
+        if worker is None:
+            await self.open()
+            worker = self._worker
+            assert worker is not None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        worker.jobs.put(_Job(fn, write, future, loop))
+        return await future
+
+    def _decode(self, raw: bytes, key: str) -> SessionRecord:
+        try:
+            return self.codec.decode(raw, key)
+        except CorruptRecordError as exc:
+            exc.raw = raw  # always the stored bytes, so quarantine() can match them
+            raise
+
+    # -- records ----------------------------------------------------------------------------
+
+    async def load(self, key: str) -> SessionRecord | None:
+        def job(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(
+                "SELECT blob FROM sessions WHERE key = ? AND current = 1", (key,)
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        raw = await self._run(job)
+        return None if raw is None else self._decode(raw, key)
+
+    async def load_by_id(self, session_id: str) -> SessionRecord | None:
+        def job(conn: sqlite3.Connection) -> tuple[str, bytes] | None:
+            row = conn.execute(
+                "SELECT key, blob FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+            return None if row is None else (row[0], bytes(row[1]))
+
+        found = await self._run(job)
+        return None if found is None else self._decode(found[1], found[0])
+
+    async def commit(
+        self,
+        record: SessionRecord,
+        *,
+        expected: int,
+        lease: Lease | None = None,
+        release: bool = False,
+        history: HistoryChanges | None = None,
+    ) -> None:
+        # Encode in the caller: bad data raises before anything reaches the database.
+        row = self._row(record)
+        key, rid, version = record.key, record.id, record.version
+        appended = (
+            [
+                (rid, m.seq, m.tokens, self.codec.encode_message(m), m.text if self._fts else None)
+                for m in history.append
+            ]
+            if history
+            else []
+        )
+        summaries = (
+            [(rid, s.end_seq, s.start_seq, self.codec.encode_summary(s)) for s in history.summaries]
+            if history
+            else []
+        )
+        drop_through = history.drop_messages_through if history else None
+        drop_summaries = bool(history and history.drop_summaries)
+        clock = self.clock
+        fts = self._fts
+
+        def job(conn: sqlite3.Connection) -> None:
+            if lease is not None:
+                _check_lease(conn, lease, clock.now())
+            current = conn.execute(
+                "SELECT id, version FROM sessions WHERE key = ? AND current = 1", (key,)
+            ).fetchone()
+            actual = current[1] if current is not None else 0
+            if actual != expected or version != expected + 1:
+                raise ConflictError(key, expected, None if current is None else actual)
+            if current is not None and current[0] != rid:
+                # A new session of this key: the finished one stays, by id, with its history.
+                conn.execute("UPDATE sessions SET current = 0 WHERE id = ?", (current[0],))
+            conn.execute(_UPSERT_SESSION, row)
+            if drop_summaries:
+                conn.execute("DELETE FROM summaries WHERE session_id = ?", (rid,))
+            if drop_through is not None:
+                _delete_messages(conn, fts, "session_id = ? AND seq <= ?", (rid, drop_through))
+            for sid, seq, tokens, blob, text in appended:
+                (rowid,) = conn.execute(_UPSERT_MESSAGE, (sid, seq, tokens, blob)).fetchone()
+                if text is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO messages_fts (rowid, body) VALUES (?, ?)",
+                        (rowid, text),
+                    )
+            if summaries:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO summaries (session_id, end_seq, start_seq, blob) "
+                    "VALUES (?, ?, ?, ?)",
+                    summaries,
+                )
+            if lease is not None and release:
+                conn.execute(
+                    "DELETE FROM leases WHERE key = ? AND token = ?", (lease.key, lease.token)
+                )
+
+        await self._run(job, write=True)
+
+    def _row(self, record: SessionRecord) -> tuple[Any, ...]:
+        blob = self.codec.encode(record)
+        flow = record.flow
+        usage = record.usage
+        return (
+            record.id, record.key, record.status.value, record.platform, record.scope,
+            flow.name if flow is not None else None, flow.step if flow is not None else None,
+            record.created_at, record.last_activity, record.expires_at, record.warn_at,
+            record.purge_at, record.close_reason, record.counters.messages,
+            usage.input_tokens + usage.output_tokens,
+            msgspec.json.encode(record.labels).decode(), record.version, blob,
+            record.due_at("warn"), record.due_at("expire"), record.due_at("purge"),
+        )
+
+    async def delete(self, key: str, session_id: str | None = None) -> bool:
+        fts = self._fts
+
+        def job(conn: sqlite3.Connection) -> bool:
+            if session_id is None:
+                row = conn.execute(
+                    "SELECT id FROM sessions WHERE key = ? AND current = 1", (key,)
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT id FROM sessions WHERE id = ? AND key = ?", (session_id, key)
+                ).fetchone()
+            if row is None:
+                return False
+            _delete_session(conn, fts, row[0])
+            return True
+
+        return await self._run(job, write=True)
+
+    async def quarantine(self, key: str, raw: bytes, reason: str) -> None:
+        now = self.clock.now()
+        fts = self._fts
+
+        def job(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "INSERT INTO quarantine (key, reason, at, raw) VALUES (?, ?, ?, ?)",
+                (key, reason, now, raw),
+            )
+            row = conn.execute(
+                "SELECT id, blob FROM sessions WHERE key = ? AND current = 1", (key,)
+            ).fetchone()
+            if row is None or bytes(row[1]) != raw:
+                return False  # replaced meanwhile by another record: keep that one
+            _delete_session(conn, fts, row[0])
+            return True
+
+        if await self._run(job, write=True):
+            log.warning("quarantined unreadable session %s: %s", key, reason)
+
+    async def list_quarantined(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        def job(conn: sqlite3.Connection) -> builtins.list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT key, reason, at, raw FROM quarantine ORDER BY id DESC LIMIT ?",
+                (max(0, limit),),
+            ).fetchall()
+            return [{"key": k, "reason": r, "at": a, "raw": bytes(b)} for k, r, a, b in rows]
+
+        return await self._run(job)
+
+    async def _put_raw(self, key: str, raw: bytes) -> None:
+        """Maintenance/test hook: overwrite the stored bytes of the current record at `key`
+        unchecked (e.g. to simulate a corrupted record). Index columns are left as they were."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            updated = conn.execute(
+                "UPDATE sessions SET blob = ? WHERE key = ? AND current = 1", (raw, key)
+            ).rowcount
+            if not updated:
+                raise LookupError(f"no current record at {key!r} to overwrite")
+
+        await self._run(job, write=True)
+
+    # -- listing and analytics --------------------------------------------------------------
+
+    async def list(
+        self, filter: SessionFilter | None = None, *, limit: int = 100, cursor: str | None = None
+    ) -> Page:
+        where, params = _where(filter)
+        if cursor is not None:
+            last_activity, session_id = decode_cursor(cursor)
+            where.append("(last_activity < ? OR (last_activity = ? AND id > ?))")
+            params += [last_activity, last_activity, session_id]
+        if limit <= 0:
+            return Page(items=[], next_cursor=cursor)
+        sql = (
+            "SELECT key, blob, last_activity, id FROM sessions"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY last_activity DESC, id LIMIT ?"
+        )
+        params.append(limit + 1)
+
+        def job(conn: sqlite3.Connection) -> builtins.list[tuple[str, bytes, float, str]]:
+            return [(k, bytes(b), la, i) for k, b, la, i in conn.execute(sql, params)]
+
+        rows = await self._run(job)
+        items: builtins.list[SessionRecord] = []
+        for key, raw, _, _ in rows[:limit]:
+            try:
+                items.append(self._decode(raw, key))
+            except CorruptRecordError:
+                continue  # unreadable records are skipped (the engine quarantines on load)
+        next_cursor = None
+        if len(rows) > limit:
+            _, _, last_activity, session_id = rows[limit - 1]
+            next_cursor = encode_cursor(last_activity, session_id)
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def count(self, filter: SessionFilter | None = None) -> SessionStats:
+        where, params = _where(filter)
+        sql = (
+            "SELECT status, platform, COUNT(*) FROM sessions"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " GROUP BY status, platform"
+        )
+
+        def job(conn: sqlite3.Connection) -> builtins.list[tuple[str, str, int]]:
+            return conn.execute(sql, params).fetchall()
+
+        stats = SessionStats(by_status={}, by_platform={})
+        for status, platform, n in await self._run(job):
+            stats.total += n
+            stats.by_status[status] = stats.by_status.get(status, 0) + n
+            stats.by_platform[platform] = stats.by_platform.get(platform, 0) + n
+        return stats
+
+    async def stats(
+        self, filter: SessionFilter | None = None, *, labels: Sequence[str] = ()
+    ) -> SessionStats:
+        where, params = _where(filter)
+
+        def clause(*extra: str) -> str:
+            parts = [*where, *extra]
+            return " WHERE " + " AND ".join(parts) if parts else ""
+
+        def job(conn: sqlite3.Connection) -> SessionStats:
+            stats = SessionStats(
+                by_status={}, by_platform={}, by_close_reason={}, by_flow_step={},
+                by_label={name: {} for name in labels},
+            )
+            for status, platform, n in conn.execute(
+                f"SELECT status, platform, COUNT(*) FROM sessions{clause()} "
+                "GROUP BY status, platform", params,
+            ):
+                stats.total += n
+                stats.by_status[status] = stats.by_status.get(status, 0) + n
+                stats.by_platform[platform] = stats.by_platform.get(platform, 0) + n
+            messages, tokens, duration = conn.execute(
+                "SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(tokens), 0), "
+                f"COALESCE(AVG(last_activity - created_at), 0.0) FROM sessions{clause()}",
+                params,
+            ).fetchone()
+            stats.messages, stats.tokens, stats.avg_duration_seconds = messages, tokens, duration
+            for reason, n in conn.execute(
+                f"SELECT close_reason, COUNT(*) FROM sessions"
+                f"{clause('close_reason IS NOT NULL')} GROUP BY close_reason", params,
+            ):
+                stats.by_close_reason[reason] = n
+            active_flows = clause("flow IS NOT NULL", "status = 'active'")
+            for flow, step, n in conn.execute(
+                f"SELECT flow, step, COUNT(*) FROM sessions{active_flows} GROUP BY flow, step",
+                params,
+            ):
+                stats.by_flow_step[flow_step_name(flow, step)] = n
+            for name in labels:
+                path = '$."' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                for value, n in conn.execute(
+                    f"SELECT json_extract(labels, ?) AS v, COUNT(*) FROM sessions"
+                    f"{clause('json_extract(labels, ?) IS NOT NULL')} GROUP BY v",
+                    [path, *params, path],
+                ):
+                    stats.by_label[name][str(value)] = n
+            return stats
+
+        return await self._run(job)
+
+    # -- history ----------------------------------------------------------------------------
+
+    async def read_tail(
+        self, ref: SessionRef, limit: int, *, before_seq: int | None = None
+    ) -> builtins.list[Message]:
+        if limit <= 0:
+            return []
+
+        def job(conn: sqlite3.Connection) -> builtins.list[bytes]:
+            if before_seq is None:
+                rows = conn.execute(
+                    "SELECT blob FROM messages WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
+                    (ref.id, limit),
+                )
+            else:
+                rows = conn.execute(
+                    "SELECT blob FROM messages WHERE session_id = ? AND seq < ? "
+                    "ORDER BY seq DESC LIMIT ?",
+                    (ref.id, before_seq, limit),
+                )
+            return [bytes(b) for (b,) in rows]
+
+        raws = await self._run(job)
+        return [self.codec.decode_message(raw) for raw in reversed(raws)]
+
+    async def read_range(
+        self, ref: SessionRef, start_seq: int, end_seq: int
+    ) -> builtins.list[Message]:
+        def job(conn: sqlite3.Connection) -> builtins.list[bytes]:
+            rows = conn.execute(
+                "SELECT blob FROM messages WHERE session_id = ? AND seq BETWEEN ? AND ? "
+                "ORDER BY seq",
+                (ref.id, start_seq, end_seq),
+            )
+            return [bytes(b) for (b,) in rows]
+
+        return [self.codec.decode_message(raw) for raw in await self._run(job)]
+
+    async def count_messages(self, ref: SessionRef) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM messages WHERE session_id = ?", (ref.id,)
+            ).fetchone()
+            return int(n)
+
+        return await self._run(job)
+
+    async def search_messages(
+        self, ref: SessionRef, query: str, limit: int = 20
+    ) -> builtins.list[Message]:
+        """Messages containing every word of `query` (whole words or word prefixes, any case),
+        newest first, through the FTS5 index when this file has one."""
+        words = [w for w in query.split() if w]
+        if not self._fts or not words:
+            return await super().search_messages(ref, query, limit)
+        # Each word becomes a quoted prefix term, so user text can never be FTS syntax.
+        match = " AND ".join('"' + w.replace('"', '""') + '"*' for w in words)
+
+        def job(conn: sqlite3.Connection) -> builtins.list[bytes]:
+            rows = conn.execute(
+                "SELECT m.blob FROM messages_fts f JOIN messages m ON m.rowid = f.rowid "
+                "WHERE messages_fts MATCH ? AND m.session_id = ? ORDER BY m.seq DESC LIMIT ?",
+                (match, ref.id, limit),
+            )
+            return [bytes(b) for (b,) in rows]
+
+        return [self.codec.decode_message(raw) for raw in await self._run(job)]
+
+    async def list_summaries(self, ref: SessionRef) -> builtins.list[Summary]:
+        def job(conn: sqlite3.Connection) -> builtins.list[bytes]:
+            rows = conn.execute(
+                "SELECT blob FROM summaries WHERE session_id = ? ORDER BY end_seq, start_seq",
+                (ref.id,),
+            )
+            return [bytes(b) for (b,) in rows]
+
+        return [self.codec.decode_summary(raw) for raw in await self._run(job)]
+
+    # -- due index --------------------------------------------------------------------------
+
+    async def claim_due(
+        self, kind: str, now: float, limit: int, *, claim_seconds: float = 30.0
+    ) -> builtins.list[DueItem]:
+        check_kind(kind)
+        column = f"due_{kind}"  # one of three fixed names, checked above
+        until = now + claim_seconds
+
+        def job(conn: sqlite3.Connection) -> builtins.list[DueItem]:
+            rows = conn.execute(
+                f"SELECT id, key, {column} FROM sessions WHERE {column} <= ? "
+                f"ORDER BY {column} LIMIT ?",
+                (now, max(0, limit)),
+            ).fetchall()
+            conn.executemany(
+                f"UPDATE sessions SET {column} = ? WHERE id = ?", [(until, r[0]) for r in rows]
+            )
+            return [DueItem(key=k, session_id=i, kind=kind, due_at=d) for i, k, d in rows]
+
+        return await self._run(job, write=True)
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def lease_and_load(
+        self, key: str, owner: str, ttl: float
+    ) -> tuple[Lease | None, SessionRecord | None]:
+        clock = self.clock
+
+        def job(conn: sqlite3.Connection) -> tuple[Lease | None, bytes | None]:
+            now = clock.now()
+            held = conn.execute(
+                "SELECT owner, expires_at FROM leases WHERE key = ?", (key,)
+            ).fetchone()
+            if held is not None and held[1] > now and held[0] != owner:
+                return None, None
+            (token,) = conn.execute(
+                "UPDATE chatstate_meta SET value = value + 1 WHERE name = 'lease_token' "
+                "RETURNING value"
+            ).fetchone()
+            lease = Lease(key=key, owner=owner, token=int(token), expires_at=now + ttl)
+            conn.execute(
+                "INSERT INTO leases (key, owner, token, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, "
+                "token = excluded.token, expires_at = excluded.expires_at",
+                (key, owner, lease.token, lease.expires_at),
+            )
+            row = conn.execute(
+                "SELECT blob FROM sessions WHERE key = ? AND current = 1", (key,)
+            ).fetchone()
+            return lease, None if row is None else bytes(row[0])
+
+        lease, raw = await self._run(job, write=True)
+        if raw is None:
+            return lease, None
+        try:
+            return lease, self._decode(raw, key)
+        except CorruptRecordError as exc:
+            raise corrupt_with_lease(exc, lease) from None
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        clock = self.clock
+
+        def job(conn: sqlite3.Connection) -> Lease | None:
+            now = clock.now()
+            expires = now + ttl
+            updated = conn.execute(
+                "UPDATE leases SET expires_at = ? "
+                "WHERE key = ? AND owner = ? AND token = ? AND expires_at > ?",
+                (expires, lease.key, lease.owner, lease.token, now),
+            ).rowcount
+            if not updated:
+                return None
+            return Lease(key=lease.key, owner=lease.owner, token=lease.token, expires_at=expires)
+
+        return await self._run(job, write=True)
+
+    async def release(self, lease: Lease) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM leases WHERE key = ? AND token = ?", (lease.key, lease.token)
+            )
+
+        await self._run(job, write=True)
+
+    # -- counters ---------------------------------------------------------------------------
+
+    async def incr(self, counters: dict[str, int]) -> None:
+        items = builtins.list(counters.items())
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                items,
+            )
+
+        await self._run(job, write=True)
+
+    async def read_counters(self, prefix: str = "") -> dict[str, int]:
+        def job(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT name, value FROM counters WHERE name >= ? AND name < ?",
+                (prefix, prefix_upper_bound(prefix)),
+            )
+            return {name: int(value) for name, value in rows}
+
+        return await self._run(job)
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL helpers (run in the worker thread)
+
+_UPSERT_SESSION = """
+INSERT INTO sessions (
+    id, key, current, status, platform, scope, flow, step, created_at, last_activity,
+    expires_at, warn_at, purge_at, close_reason, messages, tokens, labels, version, blob,
+    due_warn, due_expire, due_purge
+) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    key = excluded.key, current = 1, status = excluded.status, platform = excluded.platform,
+    scope = excluded.scope, flow = excluded.flow, step = excluded.step,
+    created_at = excluded.created_at, last_activity = excluded.last_activity,
+    expires_at = excluded.expires_at, warn_at = excluded.warn_at, purge_at = excluded.purge_at,
+    close_reason = excluded.close_reason, messages = excluded.messages, tokens = excluded.tokens,
+    labels = excluded.labels, version = excluded.version, blob = excluded.blob,
+    due_warn = excluded.due_warn, due_expire = excluded.due_expire, due_purge = excluded.due_purge
+"""
+
+_UPSERT_MESSAGE = (
+    "INSERT INTO messages (session_id, seq, tokens, blob) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (session_id, seq) DO UPDATE SET tokens = excluded.tokens, blob = excluded.blob "
+    "RETURNING rowid"
+)
+
+
+def _check_lease(conn: sqlite3.Connection, lease: Lease, now: float) -> None:
+    held = conn.execute(
+        "SELECT owner, token, expires_at FROM leases WHERE key = ?", (lease.key,)
+    ).fetchone()
+    if held is None or held[0] != lease.owner or held[1] != lease.token or held[2] <= now:
+        raise LeaseLost(lease.key, lease.token)
+
+
+def _delete_messages(
+    conn: sqlite3.Connection, fts: bool, where: str, params: tuple[Any, ...]
+) -> None:
+    if fts:
+        conn.execute(
+            f"DELETE FROM messages_fts WHERE rowid IN (SELECT rowid FROM messages WHERE {where})",
+            params,
+        )
+    conn.execute(f"DELETE FROM messages WHERE {where}", params)
+
+
+def _delete_session(conn: sqlite3.Connection, fts: bool, session_id: str) -> None:
+    _delete_messages(conn, fts, "session_id = ?", (session_id,))
+    conn.execute("DELETE FROM summaries WHERE session_id = ?", (session_id,))
+    conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+
+def _where(f: SessionFilter | None) -> tuple[builtins.list[str], builtins.list[Any]]:
+    """SQL conditions (on the index columns) and parameters for a listing filter."""
+    where: builtins.list[str] = []
+    params: builtins.list[Any] = []
+    if f is None:
+        return where, params
+    for column, value in (
+        ("status", f.status), ("platform", f.platform), ("scope", f.scope),
+        ("flow", f.flow), ("step", f.step),
+    ):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if f.updated_since is not None:
+        where.append("last_activity >= ?")
+        params.append(f.updated_since)
+    if f.updated_before is not None:
+        where.append("last_activity < ?")
+        params.append(f.updated_before)
+    if f.key_prefix is not None:
+        where.append("key >= ? AND key < ?")
+        params += [f.key_prefix, prefix_upper_bound(f.key_prefix)]
+    return where, params
+
+
+__all__ = ["DUE_KINDS", "SCHEMA_VERSION", "SQLiteStore"]
