@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import random
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -211,7 +212,7 @@ class SessionManager:
     async def _lease_and_load(self, key: str) -> tuple[Lease, SessionRecord | None]:
         """Take the store lease, waiting with backoff up to lock_timeout."""
         start = self.clock.monotonic()
-        delay = 0.002
+        delay = 0.001
         waited = False
         while True:
             lease, record = await self.store.lease_and_load(key, self.owner, self.lease_seconds)
@@ -226,8 +227,10 @@ class SessionManager:
             elapsed = self.clock.monotonic() - start
             if elapsed >= self.lock_timeout:
                 raise SessionBusy(key, elapsed, self.busy)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            # Jittered backoff, capped low: a lease is usually released within milliseconds,
+            # and waiters of several processes should not wake in lockstep.
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.02)
 
     def _on_repair(self, key: str, fields: list[str]) -> None:
         self.events.emit_nowait(
