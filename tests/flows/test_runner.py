@@ -380,3 +380,30 @@ async def test_cancel_leaves_even_when_the_result_hook_fails() -> None:
     await chat.send("/cancel")
     assert chat.session.flow is None and chat.session.state == IDLE
     assert "Something went wrong" in chat.text
+
+
+async def test_step_funnel_events_are_announced_after_the_update() -> None:
+    from chatstate.clock import FakeClock
+    from chatstate.engine import SessionManager
+    from chatstate.events import Event
+    from chatstate.stores.memory import MemoryStore
+
+    manager = SessionManager(MemoryStore(), clock=FakeClock())
+    seen: list[tuple[str, str | None]] = []
+
+    def record(event: Event) -> None:
+        if event.name.startswith("flow.step."):
+            seen.append((event.name, event.data.get("step")))
+
+    manager.events.on("*", record)
+    chat = Chat(FlowRunner([survey()]), manager)
+    await chat.send("/start survey")
+    await chat.send("Ada")
+    await chat.send("not a number")  # a failed answer stays on the step: no event
+    await chat.send("/cancel")
+    assert seen == [
+        ("flow.step.entered", "name"),
+        ("flow.step.completed", "name"),
+        ("flow.step.entered", "age"),
+        ("flow.step.abandoned", "age"),
+    ]

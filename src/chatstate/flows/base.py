@@ -295,6 +295,8 @@ class FlowContext:
         self.from_button = False
         self.replies: list[Outgoing] = []
         self.events: list[tuple[str, str]] = []  # (event name, flow) announced after the update
+        # (event name, flow, step): step-level funnel events, announced after `events`
+        self.step_events: list[tuple[str, str, str]] = []
         self._auto_steps = 0
 
     # -- reading --------------------------------------------------------------------------

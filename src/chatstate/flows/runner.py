@@ -136,7 +136,9 @@ class FlowRunner:
         ctx = self._context(session, incoming)
         saved = copy.deepcopy(session.record)
         try:
+            before = _where(session.flow)
             await self._dispatch(ctx)
+            self._step_events(ctx, before, _where(session.flow))
             await self._emit_all(ctx)
         except asyncio.CancelledError:
             raise
@@ -527,6 +529,19 @@ class FlowRunner:
         ctx.events.append((name, flow))
 
     @staticmethod
+    def _step_events(ctx: FlowContext, before: Where, after: Where) -> None:
+        """Queue step-level funnel events: the step left (completed, or abandoned when the
+        flow was cancelled or gave up) and the step entered."""
+        if before == after:
+            return
+        if before is not None:
+            left_early = any(name in _ABANDONING for name, _ in ctx.events)
+            what = "flow.step.abandoned" if left_early else "flow.step.completed"
+            ctx.step_events.append((what, before[0], before[1]))
+        if after is not None:
+            ctx.step_events.append(("flow.step.entered", after[0], after[1]))
+
+    @staticmethod
     async def _emit_all(ctx: FlowContext) -> None:
         manager = ctx.session.manager
         if manager is None:
@@ -536,6 +551,22 @@ class FlowRunner:
                 name=name, key=str(ctx.session.key), session_id=ctx.session.id, at=ctx.now,
                 data={"flow": flow},
             ))
+        for name, flow, step in ctx.step_events:
+            await manager.events.emit(Event(
+                name=name, key=str(ctx.session.key), session_id=ctx.session.id, at=ctx.now,
+                data={"flow": flow, "step": step},
+            ))
+
+
+Where = tuple[str, str] | None
+_ABANDONING = frozenset({"flow.cancelled", "flow.exhausted", "flow.handoff"})
+
+
+def _where(pos: FlowPosition | None) -> Where:
+    """(flow, step) of the current position, a snapshot safe from in-place changes."""
+    if pos is None or pos.step is None:
+        return None
+    return (pos.name, pos.step)
 
 
 def _top(pos: FlowPosition) -> FlowPosition:

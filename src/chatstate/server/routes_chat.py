@@ -16,7 +16,6 @@ from fastapi.responses import StreamingResponse
 
 from ..events import Event
 from ..model import Incoming, Message, Outgoing, SessionKey, SessionRecord
-from .analytics import position
 from .auth import Role
 from .bots import as_outgoing
 from .problems import Problem
@@ -72,32 +71,22 @@ async def chat_once(
     bot = rt.bot
     record: SessionRecord | None
     if bot.session_reply is not None:
+        # Step funnel counters come from the flow runner's `flow.step.*` events.
         async with rt.manager.session(key) as s:
-            before = position(s.flow)
             rt.memory.stage(s, Message(role="user", content=text))
             replies = as_outgoing(await bot.session_reply(s, incoming))
             for reply in replies:
                 if reply.text:
                     rt.memory.stage(s, Message(role="assistant", content=reply.text))
             record = s.record
-        await rt.funnel.step_changed(before, position(s.record.flow))
     else:
         assert bot.self_reply is not None
-        before = position((await rt.manager.get(key) or _NO_FLOW).flow) if rt.flows else None
         replies = as_outgoing(await bot.self_reply(incoming))
         record = await rt.manager.get(key)
-        if rt.flows:
-            await rt.funnel.step_changed(before, position(record.flow if record else None))
     rt.metrics.chat_seconds.observe(time.perf_counter() - start)
     rt.metrics.chat_requests.labels("answered").inc()
     return ChatResult(user_id, replies, record, rt.clock.now())
 
-
-class _NoFlow:
-    flow = None
-
-
-_NO_FLOW: Any = _NoFlow()
 
 
 def session_info(result: ChatResult) -> dict[str, Any]:
