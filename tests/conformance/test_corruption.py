@@ -8,7 +8,9 @@ from chatstate.errors import CorruptRecordError
 from chatstate.stores.base import Store
 from conformance.helpers import T0, appended, make, put_raw, unique_key
 
-GARBAGE = b"\xc1\xc1 this is not a record \x00\xff"
+# Valid JSON and UTF-8 (so every backend can store it, even a JSON column) but neither a JSON
+# record nor msgpack: every codec must refuse it.
+GARBAGE = b'["not", "a", "record"]'
 
 
 async def test_corrupt_record_raises_and_quarantine_frees_the_key(store: Store) -> None:

@@ -125,7 +125,7 @@ async def test_unreadable_records_are_skipped_by_listing(store: Store) -> None:
     bad = make("test:user:bad", last_activity=T0 + 2)
     await store.commit(good, expected=0)
     await store.commit(bad, expected=0)
-    await put_raw(store, bad.key, b"\xff\x00 definitely not a record")
+    await put_raw(store, bad.key, b'["not", "a", "record"]')
     assert [r.id for r in (await store.list()).items] == [good.id]
     updated = bump(good)
     await store.commit(updated, expected=1)
