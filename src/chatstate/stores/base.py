@@ -148,7 +148,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def quarantine(self, key: str, raw: bytes, reason: str) -> None:
-        """Move an unreadable current record aside (kept for inspection) and free the key."""
+        """Move an unreadable current record aside (kept for inspection) and free the key.
+        The key is freed only while its stored bytes still equal `raw`: a record written there
+        meanwhile is kept (the quarantine entry is recorded either way)."""
 
     @abc.abstractmethod
     async def list_quarantined(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
