@@ -1,0 +1,309 @@
+"""SQLiteStore specifics: durability across reopen, processes and SIGKILL; schema checks;
+group commit isolation; URL options. The shared behaviour is in tests/conformance."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from chatstate.clock import FakeClock
+from chatstate.errors import ConfigurationError, ConflictError, SchemaError, StoreUnavailable
+from chatstate.model import HistoryChanges, Message, new_record
+from chatstate.stores.sqlite import SCHEMA_VERSION, SQLiteStore
+from chatstate.stores.url import open_store
+
+T0 = 1_700_000_000.0
+
+# A child process working on one database file. Modes:
+#   incr KEY N   -- N increments of data["n"] with reload-and-retry on conflicts
+#   flood        -- concurrent commits on 16 keys forever, printing "key version" once each
+#                   commit has returned (acknowledged)
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    import msgspec
+    from chatstate.errors import ConflictError
+    from chatstate.model import new_record
+    from chatstate.stores.sqlite import SQLiteStore
+
+    async def incr(store, key, n):
+        for _ in range(n):
+            while True:
+                current = await store.load(key)
+                updated = msgspec.structs.replace(
+                    current, version=current.version + 1, data={"n": current.data["n"] + 1})
+                try:
+                    await store.commit(updated, expected=current.version)
+                    break
+                except ConflictError:
+                    continue
+
+    async def flood(store):
+        async def writer(i):
+            key = f"test:user:flood{i}"
+            record = new_record(key, now=1.0)
+            version = 0
+            while True:
+                record = msgspec.structs.replace(
+                    record, version=version + 1, data={"n": version + 1, "pad": "x" * 2000})
+                await store.commit(record, expected=version)
+                version += 1
+                sys.stdout.write(f"{key} {version}\\n")
+                sys.stdout.flush()
+        await asyncio.gather(*(writer(i) for i in range(16)))
+
+    async def main():
+        store = SQLiteStore(sys.argv[1])
+        await store.open()
+        if sys.argv[2] == "incr":
+            await incr(store, sys.argv[3], int(sys.argv[4]))
+        else:
+            await flood(store)
+        await store.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.fixture
+def child(tmp_path: Path) -> Path:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    return script
+
+
+async def _store(path: Path, **options: object) -> SQLiteStore:
+    store = SQLiteStore(str(path), **options)  # type: ignore[arg-type]
+    await store.open()
+    return store
+
+
+async def test_commits_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await _store(path)
+    record = new_record("test:user:1", now=T0, data={"name": "Ada"}, expires_at=T0 + 5)
+    record.version = 1
+    hello = Message(role="user", content="hello there", seq=1)
+    await store.commit(record, expected=0, history=HistoryChanges(append=[hello]))
+    await store.incr({"c": 2})
+    await store.close()
+    await store.close()  # idempotent
+
+    again = await _store(path)
+    try:
+        assert await again.load("test:user:1") == record
+        assert await again.read_tail(record.ref, 5) == [hello]
+        assert await again.read_counters() == {"c": 2}
+        assert [i.session_id for i in await again.claim_due("expire", T0 + 6, 5)] == [record.id]
+        assert [m.seq for m in await again.search_messages(record.ref, "THERE hell")] == [1]
+    finally:
+        await again.close()
+
+
+async def test_wal_mode_and_synchronous_setting(tmp_path: Path) -> None:
+    for option, expected in (("normal", 1), ("full", 2)):
+        path = tmp_path / f"{option}.db"
+        store = open_store(f"sqlite:///{path}?synchronous={option}")
+        assert isinstance(store, SQLiteStore)
+        await store.open()
+        modes = await store._run(
+            lambda c: (c.execute("PRAGMA journal_mode").fetchone()[0],
+                       c.execute("PRAGMA synchronous").fetchone()[0])
+        )
+        await store.close()
+        assert modes == ("wal", expected)
+
+
+async def test_one_failing_commit_in_a_group_does_not_poison_the_others(tmp_path: Path) -> None:
+    store = await _store(tmp_path / "g.db")
+    try:
+        records = []
+        for i in range(20):
+            record = new_record(f"test:user:g{i}", now=T0)
+            record.version = 1
+            records.append(record)
+        stale = new_record("test:user:g0", now=T0)  # conflicts with records[0]
+        stale.version = 1
+        results = await asyncio.gather(
+            *(store.commit(r, expected=0) for r in records),
+            store.commit(stale, expected=0),
+            return_exceptions=True,
+        )
+        assert all(r is None for r in results[:20])
+        assert isinstance(results[20], ConflictError)
+        assert (await store.count()).total == 20
+        assert await store.load("test:user:g0") == records[0]
+    finally:
+        await store.close()
+
+
+async def test_leases_expire_on_the_store_clock(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    store = await _store(tmp_path / "l.db", clock=clock)
+    try:
+        lease, _ = await store.lease_and_load("test:user:l", "a", 10)
+        assert lease is not None
+        assert await store.lease_and_load("test:user:l", "b", 10) == (None, None)
+        clock.advance(11)
+        assert await store.renew(lease, 10) is None
+        taken, _ = await store.lease_and_load("test:user:l", "b", 10)
+        assert taken is not None and taken.token > lease.token
+    finally:
+        await store.close()
+
+
+async def test_two_processes_lose_no_updates(tmp_path: Path, child: Path) -> None:
+    path = tmp_path / "mp.db"
+    store = await _store(path)
+    record = new_record("test:user:mp", now=T0, data={"n": 0})
+    record.version = 1
+    await store.commit(record, expected=0)
+    each = 150
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, str(child), str(path), "incr", "test:user:mp", str(each)
+        )
+        for _ in range(2)
+    ]
+    # Increment from this process too, through the same file.
+    for _ in range(each):
+        while True:
+            current = await store.load("test:user:mp")
+            assert current is not None
+            updated = msgspec.structs.replace(
+                current, version=current.version + 1, data={"n": current.data["n"] + 1}
+            )
+            try:
+                await store.commit(updated, expected=current.version)
+                break
+            except ConflictError:
+                continue
+    codes = [await p.wait() for p in procs]
+    final = await store.load("test:user:mp")
+    await store.close()
+    assert codes == [0, 0]
+    assert final is not None
+    assert final.data["n"] == 3 * each
+    assert final.version == 3 * each + 1
+
+
+async def test_sigkill_mid_load_leaves_acknowledged_commits_and_no_torn_record(
+    tmp_path: Path, child: Path
+) -> None:
+    path = tmp_path / "kill.db"
+    proc = subprocess.Popen(
+        [sys.executable, str(child), str(path), "flood"], stdout=subprocess.PIPE, text=True
+    )
+    acked: dict[str, int] = {}
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:  # kill after a good number of acknowledged commits
+            key, version = line.split()
+            acked[key] = max(acked.get(key, 0), int(version))
+            if sum(acked.values()) >= 1500:
+                break
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for line in proc.stdout:  # acknowledgements already in the pipe count too
+        key, version = line.split()
+        acked[key] = max(acked.get(key, 0), int(version))
+    assert proc.returncode == -signal.SIGKILL
+
+    store = await _store(path)
+    try:
+        for key, version in acked.items():
+            record = await store.load(key)  # decodes: a torn record would raise here
+            assert record is not None
+            assert record.version >= version
+            assert record.data["n"] == record.version  # record and its fields from one commit
+        listed = await store.list(limit=100)
+        assert len(listed.items) == len(acked) == 16
+        integrity = await store._run(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0])
+        assert integrity == "ok"
+    finally:
+        await store.close()
+
+
+async def test_a_foreign_sqlite_file_is_refused_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    store = SQLiteStore(str(path))
+    with pytest.raises(SchemaError, match="another application.*invoices"):
+        await store.open()
+    assert path.read_bytes() == before
+    assert not Path(str(path) + "-wal").exists()  # not even switched to WAL
+
+
+async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 100)
+    with pytest.raises(SchemaError, match="not an SQLite database"):
+        await SQLiteStore(str(path)).open()
+    assert path.read_text().startswith("these are my notes")
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "newer.db"
+    store = await _store(path)
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "UPDATE chatstate_meta SET value = ? WHERE name = 'schema_version'", (SCHEMA_VERSION + 1,)
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaError, match="newer chatstate"):
+        await SQLiteStore(str(path)).open()
+
+
+async def test_missing_directory_and_bad_options(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        await SQLiteStore(str(tmp_path / "nope" / "x.db")).open()
+    with pytest.raises(ConfigurationError, match="synchronous"):
+        open_store("sqlite:///x.db?synchronous=sometimes")
+    with pytest.raises(ConfigurationError, match="unknown"):
+        open_store("sqlite:///x.db?journal=memory")
+    with pytest.raises(ConfigurationError, match="no host"):
+        open_store("sqlite://host/x.db")
+    with pytest.raises(ConfigurationError, match="names no file"):
+        open_store("sqlite:///")
+
+
+async def test_a_locked_database_is_store_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    store = await _store(path, busy_timeout=0.05)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holding the write lock too long
+    try:
+        record = new_record("test:user:busy", now=T0)
+        record.version = 1
+        with pytest.raises(StoreUnavailable, match="busy_timeout"):
+            await store.commit(record, expected=0)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await store.close()
+
+
+async def test_memory_database_url() -> None:
+    store = open_store("sqlite:///:memory:")
+    async with store:
+        record = new_record("test:user:m", now=T0)
+        record.version = 1
+        await store.commit(record, expected=0)
+        assert await store.load("test:user:m") == record
