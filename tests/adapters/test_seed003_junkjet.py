@@ -47,7 +47,7 @@ async def server() -> AsyncIterator[tuple[httpx.AsyncClient, SessionManager, Fak
 async def test_served_by_the_seed_003_api(
     server: tuple[httpx.AsyncClient, SessionManager, FakeClock]
 ) -> None:
-    client, manager, clock = server
+    client, manager, _clock = server
 
     async def ask(text: str) -> dict[str, object]:
         response = await client.post("/chatbot/chatbotquery",
