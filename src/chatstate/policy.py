@@ -227,7 +227,8 @@ class LifecyclePolicy:
         cls, environ: Mapping[str, str] | None = None, **overrides: object
     ) -> LifecyclePolicy:
         """Read CHATSTATE_SESSION_TIMEOUT_MINUTES (or seed 004's SESSION_TIMEOUT_MINUTES),
-        CHATSTATE_WARN_BEFORE_MINUTES, CHATSTATE_MAX_AGE_HOURS and CHATSTATE_RETENTION_DAYS."""
+        CHATSTATE_WARN_BEFORE_MINUTES, CHATSTATE_MAX_AGE_HOURS, CHATSTATE_RETENTION_DAYS and
+        CHATSTATE_EXTEND_MINUTES (with CHATSTATE_EXTEND_AFTER_MESSAGES, default 5)."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
 
@@ -254,6 +255,13 @@ class LifecyclePolicy:
             values["max_age"] = v * 3600 or None
         if (v := number("CHATSTATE_RETENTION_DAYS")) is not None:
             values["retention"] = v * 86400
+        # Seed 003's "+2 minutes once a session has more than 5 messages".
+        extend = number("CHATSTATE_EXTEND_MINUTES")
+        if extend:
+            after = number("CHATSTATE_EXTEND_AFTER_MESSAGES")
+            values["extension"] = Extension(
+                after_messages=5 if after is None else int(after), extra_seconds=extend * 60
+            )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 

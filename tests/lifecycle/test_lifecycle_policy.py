@@ -169,3 +169,16 @@ def test_from_env_reads_minutes_hours_days_and_the_seed_004_name() -> None:
         LifecyclePolicy(idle_timeout=-1)
     with pytest.raises(ConfigurationError, match="tuple"):
         LifecyclePolicy(carry_over="language")  # type: ignore[arg-type]
+
+
+def test_from_env_reads_the_extension_for_active_users() -> None:
+    policy = LifecyclePolicy.from_env(
+        {"CHATSTATE_SESSION_TIMEOUT_MINUTES": "5", "CHATSTATE_EXTEND_MINUTES": "2"}
+    )
+    assert policy.extension is not None
+    assert policy.extra_seconds(5) == 0.0 and policy.extra_seconds(6) == 120.0
+    custom = LifecyclePolicy.from_env(
+        {"CHATSTATE_EXTEND_MINUTES": "1", "CHATSTATE_EXTEND_AFTER_MESSAGES": "2"}
+    )
+    assert custom.extra_seconds(3) == 60.0
+    assert LifecyclePolicy.from_env({}).extension is None
