@@ -23,6 +23,18 @@ Contract (checked by tests/conformance):
   with the number returned, not with the number of sessions.
 * Leases serialise updates of one key across processes. A lease has a fencing `token` that grows
   per key; `commit(..., lease=...)` refuses (`LeaseLost`) when the lease is no longer the holder.
+* A commit applies at most once. A backend that retries a commit whose answer was lost may only
+  recognise it as already applied by a mark unique to that call, never by comparing contents
+  (two writers can produce byte-identical records; taking one's write for the other's would
+  lose an update).
+* Listing order is total and stable: `last_activity` descending, then `id` ascending (ties in
+  `last_activity` are common: imports, fake clocks). Cursors are keyset positions in that order,
+  so paging never repeats or skips a record that did not change meanwhile.
+* `_put_raw(key, raw)` (async, on every backend) is the corruption-injection hook for tests and
+  maintenance: it stores `raw` as the current record of `key` unchecked, so that `load` then
+  sees exactly what a damaged or foreign writer left. Indexes are not updated. A backend that
+  keeps records in a typed column may accept only what that column holds (PostgresStore:
+  JSON documents, read back in JSONB's canonical text) and raises `ValueError` otherwise.
 """
 
 from __future__ import annotations
@@ -152,6 +164,11 @@ class Store(abc.ABC):
         The key is freed only while its stored bytes still equal `raw`: a record written there
         meanwhile is kept (the quarantine entry is recorded either way)."""
 
+    async def _put_raw(self, key: str, raw: bytes) -> None:
+        """Test/maintenance hook: store `raw` as the current record bytes of `key` unchecked
+        (see the module docstring). Backends override it."""
+        raise NotImplementedError(f"{type(self).__name__} has no _put_raw(key, raw) hook")
+
     @abc.abstractmethod
     async def list_quarantined(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """Quarantined records: dicts with key, reason, at, raw (bytes)."""
@@ -160,8 +177,9 @@ class Store(abc.ABC):
     async def list(
         self, filter: SessionFilter | None = None, *, limit: int = 100, cursor: str | None = None
     ) -> Page:
-        """Records (current and replaced) matching `filter`, newest `last_activity` first.
-        Unreadable records are skipped."""
+        """Records (current and replaced) matching `filter`, ordered by `last_activity`
+        descending then `id` ascending; `next_cursor` is None on the last page. Unreadable
+        records are skipped."""
 
     @abc.abstractmethod
     async def count(self, filter: SessionFilter | None = None) -> SessionStats:

@@ -388,7 +388,7 @@ class MemoryStore(Store):
     async def list_quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         return [dict(item) for item in list(self._quarantine)[-limit:]][::-1] if limit > 0 else []
 
-    def _put_raw(self, key: str, raw: bytes) -> None:
+    async def _put_raw(self, key: str, raw: bytes) -> None:
         """Maintenance/test hook: store `raw` as the current record bytes of `key` unchecked
         (e.g. to simulate a corrupted record). Indexes are not updated."""
         self._records[key] = raw
