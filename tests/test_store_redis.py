@@ -13,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exceptions
@@ -27,7 +28,7 @@ from chatstate.errors import (
     LeaseLost,
     StoreUnavailable,
 )
-from chatstate.model import HistoryChanges, Message, SessionRecord, Status, new_record
+from chatstate.model import HistoryChanges, Message, SessionRecord, Status, Summary, new_record
 from chatstate.stores import open_store
 from chatstate.stores.redis import RedisStore
 from redis_servers import RedisServer, free_port, redis_server, require_redis_binaries
@@ -324,12 +325,87 @@ async def test_a_commit_whose_answer_was_lost_is_retried_once(machine_store: Red
     machine_store._scripts["COMMIT"] = answer_lost_once
     await machine_store.commit(record, expected=0, history=history)
     machine_store._scripts["COMMIT"] = real
-    assert calls == ["0", "1"]  # the retry told the script it may find its own commit
+    # Both attempts carried one mark, by which the retry recognised its own applied commit.
+    assert len(calls) == 2 and calls[0] == calls[1]
     assert await machine_store.count_messages(record.ref) == 1
     # A plain second attempt of the same commit is a stale commit, not a retry.
     with pytest.raises(ConflictError):
         await machine_store.commit(record, expected=0, history=history)
     assert await machine_store.count_messages(record.ref) == 1
+
+
+async def test_a_retry_never_mistakes_an_identical_commit_of_another_writer_for_its_own(
+    machine_store: RedisStore,
+) -> None:
+    """Two writers that load one version and make the same change produce byte-identical
+    records. When the first attempt of one is lost (never applied) and the other commits
+    meanwhile, the retry must conflict: taking the other's write for its own loses an update."""
+    key = "web:user:twins"
+    base = new_record(key, now=machine_store.clock.now())
+    base.version = 1
+    await machine_store.commit(base, expected=0)
+    twin = msgspec.structs.replace(base, version=2, data={"n": 1})
+    other = RedisStore.from_url(REDIS_URL, prefix=machine_store.prefix)
+    await other.open()
+    real = machine_store._scripts["COMMIT"]
+    attempts = 0
+
+    async def lost_before_arrival(**kwargs: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:  # this attempt never reaches the server; the other writer wins
+            await other.commit(msgspec.structs.replace(twin), expected=1)
+            raise redis_exceptions.ConnectionError("connection reset by peer")
+        return await real(**kwargs)
+
+    machine_store._scripts["COMMIT"] = lost_before_arrival
+    try:
+        with pytest.raises(ConflictError):
+            await machine_store.commit(twin, expected=1)
+    finally:
+        machine_store._scripts["COMMIT"] = real
+        await other.close()
+    assert attempts == 2
+
+
+async def test_a_large_commit_is_one_atomic_script(machine_store: RedisStore) -> None:
+    """5,000 messages (and summaries) in one commit: the script adds them in chunks (one
+    unpack() of them all overflows Lua's stack) and they land whole, with the record."""
+    key = "web:user:bulk"
+    record = new_record(key, now=machine_store.clock.now())
+    record.version = 1
+    count = 5000
+    history = HistoryChanges(
+        append=[Message(role="user", content=f"m{i}", seq=i) for i in range(1, count + 1)],
+        summaries=[Summary(start_seq=i, end_seq=i, content=f"s{i}") for i in range(1, 1201)],
+    )
+    await machine_store.commit(record, expected=0, history=history)
+    assert await machine_store.load(key) == record
+    assert await machine_store.count_messages(record.ref) == count
+    assert [m.seq for m in await machine_store.read_tail(record.ref, 3)] == [4998, 4999, 5000]
+    assert len(await machine_store.list_summaries(record.ref)) == 1200
+    # A stale commit of the same size changes nothing.
+    stale = msgspec.structs.replace(record, version=1, id="another-session")
+    with pytest.raises(ConflictError):
+        await machine_store.commit(stale, expected=0, history=history)
+    assert await machine_store.count_messages(stale.ref) == 0
+
+
+async def test_a_purge_time_in_the_past_keeps_the_keys_for_the_gc_margin(
+    machine_store: RedisStore,
+) -> None:
+    """The native-expiry backstop never fires sooner than gc_margin from now, whatever the
+    record's purge_at says: the lifecycle purges through the due index first."""
+    key = "web:user:oldpurge"
+    record = new_record(key, now=1_700_000_000.0)  # a session from long ago, already closed
+    record.status = Status.CLOSED
+    record.purge_at = 1_700_000_100.0
+    record.version = 1
+    await machine_store.commit(record, expected=0)
+    pointer = f"{machine_store.layout.base(key)}:r"
+    ttl = await machine_store._client.pttl(pointer)
+    assert ttl > (machine_store.gc_margin - 60) * 1000
+    assert await machine_store.load(key) == record
 
 
 async def test_quarantine_moves_only_the_bytes_it_was_given(machine_store: RedisStore) -> None:

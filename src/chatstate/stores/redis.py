@@ -18,11 +18,12 @@ Data layout (P = prefix, B = the session base, K = canonical session key)::
     B:r           hash  v (version), id           the key's current session, and its lease:
                         o (owner, '' = free), t (fencing token), e (lease expiry)
     B:s:<id>      hash  b (record), v, ag (aggregate contribution), nm, nk, nd (sums), st, fl,
-                        sp (filter fields), gc
+                        sp (filter fields), gc, c (mark of the commit that wrote it)
     B:h:<id>      zset  score seq -> message      history (a message carries its token count)
     B:m:<id>      zset  score end_seq -> summary
     I:due:<kind>  zset  score due time -> "K id"  one per kind (warn, expire, purge)
-    I:list        zset  score last_activity -> "K id"   listing index, current and replaced
+    I:recent      zset  score -last_activity -> "id K"  listing index, current and replaced:
+                        its natural order is the listing order (newest first, then id)
     I:agg         hash  field -> count            totals by status/platform/reason/step/label
     I:ids         hash  id -> K                   finds replaced sessions by id
     I:q           list  quarantined records
@@ -128,7 +129,6 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 _FILTER_FIELDS = ("status", "platform", "scope", "flow", "step", "key_prefix")
 _ALL_FILTERS = (*_FILTER_FIELDS, "updated_since", "updated_before")
 _LABEL_SEP = "\x1f"
-_RETRY_ARG = 23  # index in the COMMIT script's ARGV list (0-based) of the retry flag
 
 
 def _float(value: str | float) -> str:
@@ -308,6 +308,10 @@ class RedisStore(Store):
         self.gc_margin = gc_margin
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._client: Any = None
+        # redis-py's cluster client fails a request (MaxConnectionsError) instead of waiting
+        # when a node's pool is full, so requests beyond the pool size queue here. (The
+        # standalone client's BlockingConnectionPool waits by itself.)
+        self._slots = asyncio.Semaphore(max_connections) if self.cluster else None
         self._scripts: dict[str, Any] = {}
 
     # -- construction -----------------------------------------------------------------------
@@ -387,7 +391,7 @@ class RedisStore(Store):
         scripts = {
             name: client.register_script(getattr(lua, name))
             for name in ("LOAD", "LEASE_AND_LOAD", "RENEW", "RELEASE", "COMMIT", "REMOVE",
-                         "CLAIM_DUE", "SCAN")
+                         "CLAIM_DUE", "SCAN", "PUT_RAW")
         }
         self._client, self._scripts = client, scripts
         try:
@@ -440,8 +444,12 @@ class RedisStore(Store):
         deadline = self.socket_timeout + self.connect_timeout + 1.0
         for attempt in range(attempts):
             try:
-                async with asyncio.timeout(deadline):
-                    return await call()
+                if self._slots is None:
+                    async with asyncio.timeout(deadline):
+                        return await call()
+                async with self._slots:
+                    async with asyncio.timeout(deadline):
+                        return await call()
             except _UNAVAILABLE as exc:
                 if attempt + 1 >= attempts:
                     raise StoreUnavailable(
@@ -511,44 +519,39 @@ class RedisStore(Store):
         keys = [
             f"{base}:r", f"{base}:s:{sid}", f"{base}:h:{sid}", f"{base}:m:{sid}",
             *(layout.index(bucket, f"due:{kind}") for kind in DUE_KINDS),
-            layout.index(bucket, "list"), layout.index(bucket, "agg"), layout.index(bucket, "ids"),
+            layout.index(bucket, "recent"), layout.index(bucket, "agg"),
+            layout.index(bucket, "ids"),
         ]
         now = self.clock.now()
         gc_ms = 0
         if record.purge_at is not None:
-            gc_ms = max(1, math.ceil((record.purge_at - now + self.gc_margin) * 1000))
+            # A backstop, never sooner than gc_margin from now: a purge_at in the past (a
+            # retention of zero, an import of old sessions, a clock far behind the server's)
+            # must not make the key vanish before the lifecycle purges it.
+            gc_ms = math.ceil(max(self.gc_margin, record.purge_at - now + self.gc_margin) * 1000)
         changes = history if history is not None else HistoryChanges()
         dues = [record.due_at(kind) for kind in DUE_KINDS]
         flow = record.flow
         args: list[Any] = [
             expected, record.version, sid, blob, _Contribution.of(record), record.status.value,
             flow.name if flow else "", (flow.step or "") if flow else "",
-            _float(record.last_activity), f"{key} {sid}",
+            _float(-record.last_activity), f"{key} {sid}",
             *("" if at is None else _float(at) for at in dues),
             lease.owner if lease else "", lease.token if lease else 0, _float(now),
             "1" if release else "0", gc_ms,
             "" if changes.drop_messages_through is None else changes.drop_messages_through,
             "1" if changes.drop_summaries else "0", key,
-            len(changes.append), len(changes.summaries), "0", *_Contribution.sums(record),
+            len(changes.append), len(changes.summaries), os.urandom(12).hex(),
+            *_Contribution.sums(record),
         ]
         for message in changes.append:
             args += [message.seq, self.codec.encode_message(message)]
         for summary in changes.summaries:
             args += [summary.end_seq, self.codec.encode_summary(summary)]
-        await self._ensure()
-        script = self._scripts["COMMIT"]
-
-        async def attempt_or_recognise() -> Any:
-            try:
-                return await script(keys=keys, args=args)
-            except _UNAVAILABLE:
-                # The answer was lost, so the commit may have been applied. From now on the
-                # script also accepts finding exactly this commit (same version, id and bytes)
-                # already stored, which makes the retry safe.
-                args[_RETRY_ARG] = "1"
-                raise
-
-        status, value = await self._run(attempt_or_recognise, retry=True)
+        # Retrying is safe: every attempt carries the same random mark, stored with the row,
+        # so an attempt that finds its own mark knows that an earlier one whose answer was lost
+        # was applied. Content is never compared: another writer may commit identical bytes.
+        status, value = await self._script("COMMIT", keys, args, retry=True)
         if status == 1:
             return
         if status == -1:
@@ -563,7 +566,7 @@ class RedisStore(Store):
         return [
             f"{base}:r", f"{base}:s:", f"{base}:h:", f"{base}:m:",
             *(layout.index(bucket, f"due:{kind}") for kind in DUE_KINDS),
-            layout.index(bucket, "list"), layout.index(bucket, "agg"),
+            layout.index(bucket, "recent"), layout.index(bucket, "agg"),
             layout.index(bucket, "ids"), layout.index(bucket, "quarantine"),
         ]
 
@@ -571,6 +574,16 @@ class RedisStore(Store):
         args = [key, session_id or "", "delete", "", 0, QUARANTINE_CAP, "", _POINTER_BACKSTOP_MS]
         removed = await self._script("REMOVE", self._remove_keys(key), args, retry=True)
         return bool(removed)
+
+    async def _put_raw(self, key: str, raw: bytes) -> None:
+        """Test/maintenance hook (see `Store`): store `raw` as the current record's bytes
+        unchecked. Indexes keep what the last commit wrote."""
+        base = self.layout.base(key)
+        done = await self._script(
+            "PUT_RAW", [f"{base}:r", f"{base}:s:"], [bytes(raw)], retry=True
+        )
+        if not done:
+            raise LookupError(f"no current record at {key!r} to overwrite")
 
     async def quarantine(self, key: str, raw: bytes, reason: str) -> None:
         entry = msgspec.msgpack.encode(
@@ -603,17 +616,20 @@ class RedisStore(Store):
         start: tuple[str, str] | None,
     ) -> tuple[bool, tuple[str, str], list[Any]]:
         head, tail = self.layout.row_head_tail(bucket)
-        max_score = "+inf" if filter.updated_before is None else f"({_float(filter.updated_before)}"
+        # Scores are -last_activity: updated_before bounds them from below (exclusive),
+        # updated_since from above (inclusive).
+        before = filter.updated_before
+        min_score = "-inf" if before is None else f"({_float(-before)}"
         after = ""
         if start is not None:
-            max_score, after = start
-        min_score = "-inf" if filter.updated_since is None else _float(filter.updated_since)
+            min_score, after = start
+        max_score = "+inf" if filter.updated_since is None else _float(-filter.updated_since)
         args = [
-            max_score, after, min_score, SCAN_BUDGET, want, mode, head, tail,
+            min_score, after, max_score, SCAN_BUDGET, want, mode, head, tail,
             *(getattr(filter, name) or "" for name in _FILTER_FIELDS),
         ]
         result = await self._script(
-            "SCAN", [self.layout.index(bucket, "list")], args, retry=True
+            "SCAN", [self.layout.index(bucket, "recent")], args, retry=True
         )
         done = _text(result[0]) == "1"
         last = (_text(result[1]), _text(result[2]))
@@ -626,7 +642,8 @@ class RedisStore(Store):
             return Page(items=[], next_cursor=cursor)
         flt = filter or SessionFilter()
         start = _decode_cursor(cursor) if cursor else None
-        # Each bucket yields its matches newest first; merge them and keep the newest `limit`.
+        # Each bucket yields its matches in listing order (score = -last_activity, then the
+        # member "id K"); merge them and keep the first `limit`.
         matches: list[tuple[float, str, bytes]] = []
         more = False
         for bucket in self.layout.all_buckets:
@@ -639,14 +656,14 @@ class RedisStore(Store):
                 if done:
                     break
                 position = last
-        matches.sort(key=lambda m: (m[0], m[1]), reverse=True)
+        matches.sort(key=lambda m: (m[0], m[1]))
         if len(matches) > limit:
             more = True
             matches = matches[:limit]
         items: list[SessionRecord] = []
         for _score, member, blob in matches:
             try:
-                items.append(self.codec.decode(blob, member.partition(" ")[0]))
+                items.append(self.codec.decode(blob, member.partition(" ")[2]))
             except CorruptRecordError:
                 log.warning("listing skipped unreadable session %s", member)
         next_cursor = None

@@ -48,6 +48,24 @@ local function apply_sums(agg, old_m, old_k, old_d, m, k, d)
 end
 """
 
+# ZADD `count` (score, member) pairs that start at ARGV[first], at most CHUNK pairs per call:
+# unpack() of a large table overflows Lua's C stack ("too many results to unpack"), and the
+# script stays one atomic step however many calls it makes.
+_ZADD_CHUNKED = """
+local function zadd_chunked(key, first, count)
+  local done = 0
+  while done < count do
+    local z = {}
+    local last = math.min(count, done + 500) - 1
+    for i = done, last do
+      z[#z + 1] = ARGV[first + 2 * i]; z[#z + 1] = ARGV[first + 2 * i + 1]
+    end
+    redis.call('ZADD', key, unpack(z))
+    done = last + 1
+  end
+end
+"""
+
 # KEYS: 1 pointer, 2 row prefix
 # -> blob of the current record or nil
 LOAD = """
@@ -73,6 +91,15 @@ end
 return {token, redis.call('HGET', KEYS[2] .. h[4], 'b')}
 """
 
+# The corruption-injection hook (tests, maintenance): overwrite the current record's bytes.
+# KEYS: 1 pointer, 2 row prefix; ARGV: 1 bytes -> 1, or 0 when the key has no current record
+PUT_RAW = """
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then return 0 end
+redis.call('HSET', KEYS[2] .. id, 'b', ARGV[1])
+return 1
+"""
+
 # KEYS: 1 pointer; ARGV: 1 owner, 2 token, 3 now, 4 new expires_at
 RENEW = """
 local l = redis.call('HMGET', KEYS[1], 'o', 't', 'e')
@@ -96,21 +123,23 @@ return 0
 # KEYS: 1 pointer, 2 row, 3 history, 4 summaries, 5-7 due warn/expire/purge,
 #       8 listing index, 9 aggregates, 10 id -> key index
 # ARGV: 1 expected, 2 new version, 3 id, 4 blob, 5 ag, 6 status, 7 flow, 8 step,
-#       9 last_activity, 10 index member, 11-13 due warn/expire/purge ('' = none),
+#       9 listing score (-last_activity), 10 due index member ("K id"),
+#       11-13 due warn/expire/purge ('' = none),
 #       14 lease owner ('' = no lease), 15 lease token, 16 now, 17 release ('1'),
 #       18 GC backstop in ms ('0' = none), 19 drop messages through ('' = no),
 #       20 drop summaries ('1'), 21 canonical key, 22 n messages, 23 n summaries,
-#       24 retry ('1' when an earlier attempt of this same commit may have been applied),
+#       24 commit mark (random, the same for every attempt of one commit() call),
 #       25 messages handled, 26 tokens, 27 duration (ms),
 #       28.. (seq, blob) per message then (end_seq, blob) per summary
-# -> {1, version} committed (or, on a retry, found already applied by the earlier attempt);
-#    {0, stored version} version conflict; {-1, stored token} lease lost
-COMMIT = _APPLY_DELTA + _APPLY_SUMS + """
+# -> {1, version} committed (or found applied by an earlier attempt of this same call, whose
+#    answer was lost: recognised by its mark, never by content, since another writer may have
+#    committed identical bytes); {0, stored version} version conflict; {-1, stored token}
+#    lease lost
+COMMIT = _APPLY_DELTA + _APPLY_SUMS + _ZADD_CHUNKED + """
 local cur = redis.call('HMGET', KEYS[1], 'v', 'id', 'o', 't', 'e')
 local curv = tonumber(cur[1]) or 0
 local id = ARGV[3]
-if ARGV[24] == '1' and curv == tonumber(ARGV[2]) and cur[2] == id
-    and redis.call('HGET', KEYS[2], 'b') == ARGV[4] then
+if curv == tonumber(ARGV[2]) and cur[2] == id and redis.call('HGET', KEYS[2], 'c') == ARGV[24] then
   return {1, curv}
 end
 if ARGV[14] ~= '' and (cur[3] ~= ARGV[14] or cur[4] ~= ARGV[15]
@@ -127,10 +156,11 @@ else
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'id', id)
 end
 redis.call('HSET', KEYS[2], 'b', ARGV[4], 'v', ARGV[2], 'ag', ARGV[5], 'st', ARGV[6],
-  'fl', ARGV[7], 'sp', ARGV[8], 'gc', ARGV[18], 'nm', ARGV[25], 'nk', ARGV[26], 'nd', ARGV[27])
+  'fl', ARGV[7], 'sp', ARGV[8], 'gc', ARGV[18], 'nm', ARGV[25], 'nk', ARGV[26], 'nd', ARGV[27],
+  'c', ARGV[24])
 if cur[2] ~= id then redis.call('HSET', KEYS[10], id, ARGV[21]) end
 local member = ARGV[10]
-redis.call('ZADD', KEYS[8], ARGV[9], member)
+redis.call('ZADD', KEYS[8], ARGV[9], id .. ' ' .. ARGV[21])
 for i = 0, 2 do
   local at = ARGV[11 + i]
   if at == '' then redis.call('ZREM', KEYS[5 + i], member)
@@ -138,20 +168,9 @@ for i = 0, 2 do
 end
 if ARGV[19] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[19]) end
 if ARGV[20] == '1' then redis.call('DEL', KEYS[4]) end
-local n = 28
 local nm = tonumber(ARGV[22])
-if nm > 0 then
-  local z = {}
-  for i = 0, nm - 1 do z[#z + 1] = ARGV[n + 2 * i]; z[#z + 1] = ARGV[n + 2 * i + 1] end
-  redis.call('ZADD', KEYS[3], unpack(z))
-end
-n = n + 2 * nm
-local ns = tonumber(ARGV[23])
-if ns > 0 then
-  local z = {}
-  for i = 0, ns - 1 do z[#z + 1] = ARGV[n + 2 * i]; z[#z + 1] = ARGV[n + 2 * i + 1] end
-  redis.call('ZADD', KEYS[4], unpack(z))
-end
+zadd_chunked(KEYS[3], 28, nm)
+zadd_chunked(KEYS[4], 28 + 2 * nm, tonumber(ARGV[23]))
 if ARGV[18] ~= '0' then
   for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[18]) end
 elseif old[2] and old[2] ~= '0' then
@@ -193,7 +212,8 @@ if f[1] then found = 1 end
 if f[2] then apply_delta(KEYS[9], f[2], false) end
 apply_sums(KEYS[9], f[3], f[4], f[5], 0, 0, 0)
 local member = ARGV[1] .. ' ' .. id
-for i = 5, 8 do redis.call('ZREM', KEYS[i], member) end
+for i = 5, 7 do redis.call('ZREM', KEYS[i], member) end
+redis.call('ZREM', KEYS[8], id .. ' ' .. ARGV[1])
 redis.call('HDEL', KEYS[10], id)
 redis.call('DEL', row)
 if ARGV[3] == 'quarantine' then
@@ -217,44 +237,51 @@ return 0
 CLAIM_DUE = """
 local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
   ARGV[2])
-if #items == 0 then return items end
 local z = {}
-for i = 1, #items, 2 do z[#z + 1] = ARGV[3]; z[#z + 1] = items[i] end
-redis.call('ZADD', KEYS[1], unpack(z))
+for i = 1, #items, 2 do
+  z[#z + 1] = ARGV[3]; z[#z + 1] = items[i]
+  if #z >= 1000 or i + 1 >= #items then  -- in chunks: unpack() has a bounded stack
+    redis.call('ZADD', KEYS[1], unpack(z))
+    z = {}
+  end
+end
 return items
 """
 
-# Walks one listing index (newest last_activity first) from a cursor, server side, and keeps
-# the entries that match the filters. Rows are read from keys built from the member (they are
-# in the same slot as the index, see the layout notes).
+# Walks one listing index in listing order from a cursor, server side, and keeps the entries
+# that match the filters. The index scores are -last_activity and its members "id K", so its
+# natural order (score, then member bytes) is the listing order: last_activity descending, then
+# id ascending (a space sorts before every character of an id). Rows are read from keys built
+# from the member (they are in the same slot as the index, see the layout notes).
 # KEYS: 1 listing index
-# ARGV: 1 max score ('+inf' or a score), 2 cursor member ('' = none; skip members >= it at
-#       the max score), 3 min score ('-inf' or '(' score), 4 entries to examine at most,
-#       5 matches wanted, 6 mode ('list' | 'agg'), 7 row key head, 8 row key tail,
+# ARGV: 1 min score ('-inf', a score, or '(' score; with a cursor: the cursor's score),
+#       2 cursor member ('' = none; skip members <= it at the cursor's score), 3 max score
+#       ('+inf' or a score), 4 entries to examine at most, 5 matches wanted,
+#       6 mode ('list' | 'agg'), 7 row key head, 8 row key tail,
 #       9 status, 10 platform, 11 scope, 12 flow, 13 step, 14 key prefix ('' = any)
 # -> {done ('1'|'0'), last score, last member, then per match:
 #     list mode: member, score, blob; agg mode: nothing (aggregates follow as field, amount)}
 SCAN = """
-local max, after, min = ARGV[1], ARGV[2], ARGV[3]
+local min, after, max = ARGV[1], ARGV[2], ARGV[3]
 local budget, want, mode = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local status, platform, scope = ARGV[9], ARGV[10], ARGV[11]
 local flow, step, kp = ARGV[12], ARGV[13], ARGV[14]
 local out, agg = {}, {}
 local found, examined, offset = 0, 0, 0
-local last_score, last_member = max, after
+local last_score, last_member = min, after
 local done = '1'
 while true do
-  local chunk = redis.call('ZREVRANGEBYSCORE', KEYS[1], max, min, 'WITHSCORES',
+  local chunk = redis.call('ZRANGEBYSCORE', KEYS[1], min, max, 'WITHSCORES',
     'LIMIT', offset, 200)
   if #chunk == 0 then break end
   offset = offset + #chunk / 2
   for i = 1, #chunk, 2 do
     local member, score = chunk[i], chunk[i + 1]
-    if after == '' or tonumber(score) < tonumber(max) or member < after then
+    if after == '' or tonumber(score) > tonumber(min) or member > after then
       examined = examined + 1
       last_score, last_member = score, member
       local sp = string.find(member, ' ', 1, true)
-      local key, id = string.sub(member, 1, sp - 1), string.sub(member, sp + 1)
+      local id, key = string.sub(member, 1, sp - 1), string.sub(member, sp + 1)
       local ok = kp == '' or string.sub(key, 1, #kp) == kp
       if ok and (platform ~= '' or scope ~= '') then
         local c1 = string.find(key, ':', 1, true)
