@@ -31,7 +31,7 @@ from .clock import SYSTEM_CLOCK, Clock, SystemClock
 from .errors import ConflictError, CorruptRecordError, LockTimeout
 from .events import Event, EventBus
 from .locks import KeyLocks
-from .model import SessionKey, SessionRecord, Status, new_record
+from .model import HistoryChanges, SessionKey, SessionRecord, Status, new_record
 from .policy import LifecyclePolicy
 from .session import Session
 from .stores.base import Lease, Store
@@ -280,16 +280,31 @@ class _SessionContext:
         self.expected = 0
 
     async def __aenter__(self) -> Session:
+        # The hot path of every update: no helper coroutine is awaited unless it does I/O or
+        # waits (lock contention, leases, corrupt records, late expiry).
         m = self.manager
         if not m._opened:
             await m.open()
-        await m._lock(self.ks)
+        ks = self.ks
+        if not m._locks.try_acquire(ks):
+            await m._lock(ks)
         try:
-            record = await self._load()
-            session = await self._prepare(record)
+            store = m.store
+            if store.shared:
+                record = await self._load()
+            else:
+                try:
+                    record = await store.load(ks)
+                except CorruptRecordError as err:
+                    await self._quarantine(err)
+                    record = None
+            now = m.clock.now()
+            if self.expire and record is not None and m.policy.is_expired(record, now):
+                record = await self._expire_late(record)
+            session = self._prepare(record)
         except BaseException:
             await self._release_quietly()
-            m._locks.release(self.ks)
+            m._locks.release(ks)
             raise
         self.session = session
         return session
@@ -299,7 +314,8 @@ class _SessionContext:
         tb: TracebackType | None,
     ) -> bool:
         m = self.manager
-        self._stop_renewing()
+        if self.renewer is not None:
+            self._stop_renewing()
         try:
             if exc is None:
                 try:
@@ -318,44 +334,42 @@ class _SessionContext:
     # -- load -------------------------------------------------------------------------------
 
     async def _load(self) -> SessionRecord | None:
+        """Lease and load from a shared store (the lease is renewed while the handler runs)."""
         m = self.manager
-        store = m.store
         try:
-            if store.shared:
-                self.lease, record = await m._lease_and_load(self.ks)
-                self._start_renewing()
-            else:
-                record = await store.load(self.ks)
+            self.lease, record = await m._lease_and_load(self.ks)
+            self._start_renewing()
         except CorruptRecordError as err:
             self.lease = getattr(err, "lease", None) or self.lease
-            if store.shared and self.lease is not None:
+            if self.lease is not None:
                 self._start_renewing()
-            await store.quarantine(self.ks, err.raw, err.reason)
-            await m.events.emit(
-                Event(name=ev.SESSION_QUARANTINED, key=self.ks, at=m.clock.now(),
-                      data={"reason": err.reason})
-            )
-            record = None
+            await self._quarantine(err)
+            return None
         return record
 
-    async def _prepare(self, record: SessionRecord | None) -> Session:
+    async def _quarantine(self, err: CorruptRecordError) -> None:
+        """Set the unreadable record aside; the update goes on with a fresh session."""
         m = self.manager
-        now = m.clock.now()
-        previous = record
-        if self.expire and record is not None and m.policy.is_expired(record, now):
-            record = await self._expire_late(record)
-            previous = record
+        await m.store.quarantine(self.ks, err.raw, err.reason)
+        await m.events.emit(
+            Event(name=ev.SESSION_QUARANTINED, key=self.ks, at=m.clock.now(),
+                  data={"reason": err.reason})
+        )
+
+    def _prepare(self, record: SessionRecord | None) -> Session:
+        m = self.manager
         if record is not None and record.status is Status.ACTIVE:
             self.expected = record.version
             created = False
             if not self.message:
                 self.snapshot = m.store.codec.encode(record)
-            m._fill_defaults(record)
+            if m._default_names:
+                m._fill_defaults(record)
         else:
             if not self.create:
                 raise LookupError(f"no active session for {self.ks}")
-            self.expected = 0 if previous is None else previous.version
-            record = m._fresh(self.key, previous)
+            self.expected = 0 if record is None else record.version
+            record = m._fresh(self.key, record)
             created = True
         if self.message:
             record.counters.messages += 1
@@ -397,27 +411,31 @@ class _SessionContext:
             m.policy.closed(record, now)
         elif session.created:
             m.policy.touch(record, now)
-        if not session.created and self.snapshot is not None and not session.history:
-            if m.store.codec.encode(record) == self.snapshot:
-                await self._release_quietly()  # nothing changed: no write at all
-                return
+        history: HistoryChanges | None = session.history
+        if not history:
+            history = None
+            if not session.created and self.snapshot is not None:
+                if m.store.codec.encode(record) == self.snapshot:
+                    await self._release_quietly()  # nothing changed: no write at all
+                    return
         record.version = self.expected + 1
-        history = session.history if session.history else None
+        lease = self.lease
         await m.store.commit(
-            record, expected=self.expected, lease=self.lease, release=self.lease is not None,
+            record, expected=self.expected, lease=lease, release=lease is not None,
             history=history,
         )
         self.lease = None
-        await self._announce(session, record, now)
-
-    async def _announce(self, session: Session, record: SessionRecord, now: float) -> None:
-        bus = self.manager.events
-        if not (
+        bus = m.events
+        if (
             session.created or self.extended or record.status is not Status.ACTIVE
             or bus.listening(ev.SESSION_COMMITTED) or "_event" in session.temp
         ):
-            bus.count(ev.SESSION_COMMITTED)  # the common case: nothing to build or await
-            return
+            await self._announce(session, record, now)
+        else:
+            bus.counts[ev.SESSION_COMMITTED] += 1  # the common case: nothing to build or await
+
+    async def _announce(self, session: Session, record: SessionRecord, now: float) -> None:
+        bus = self.manager.events
         if session.created:
             await bus.emit(
                 Event(name=ev.SESSION_CREATED, key=self.ks, session_id=record.id, at=now)

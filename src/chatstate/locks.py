@@ -1,7 +1,8 @@
 """Per-key, in-process FIFO locks that disappear when idle.
 
 The map holds an entry only while some task holds or waits for the key, so it never grows with
-the number of users ever seen. Acquiring an uncontended key does not suspend the task.
+the number of users ever seen. Acquiring an uncontended key does not suspend the task, and
+`try_acquire` does it without even creating a coroutine (the engine's hot path).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ class _Entry:
     __slots__ = ("busy", "users", "waiters")
 
     def __init__(self) -> None:
-        self.busy = False
-        self.users = 0  # holders + waiters
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.busy = True  # created by the task that takes it
+        self.users = 1  # holders + waiters
+        # Created on first contention: most keys are never waited for.
+        self.waiters: deque[asyncio.Future[None]] | None = None
 
 
 class KeyLocks:
@@ -30,17 +32,28 @@ class KeyLocks:
         entry = self._entries.get(key)
         return entry is not None and entry.busy
 
+    def try_acquire(self, key: str) -> bool:
+        """Take the key's lock if nobody holds it (never waits). False when it is held."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self._entries[key] = _Entry()
+            return True
+        if entry.busy:
+            return False
+        entry.users += 1
+        entry.busy = True
+        return True
+
     async def acquire(self, key: str, wait: float | None = None) -> bool:
         """Take the key's lock, waiting in FIFO order at most `wait` seconds.
         Returns False when the wait ran out (the caller decides what that means)."""
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Entry()
-        entry.users += 1
-        if not entry.busy:
-            entry.busy = True
+        if self.try_acquire(key):
             return True
+        entry = self._entries[key]
+        entry.users += 1
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if entry.waiters is None:
+            entry.waiters = deque()
         entry.waiters.append(fut)
         try:
             if wait is None:
@@ -65,11 +78,18 @@ class KeyLocks:
 
     def release(self, key: str) -> None:
         entry = self._entries[key]
+        if not entry.waiters:  # the common case: nobody waits
+            entry.busy = False
+            entry.users -= 1
+            if entry.users == 0:
+                del self._entries[key]
+            return
         self._hand_over(key, entry)
 
     def _hand_over(self, key: str, entry: _Entry) -> None:
-        while entry.waiters:
-            nxt = entry.waiters.popleft()
+        waiters = entry.waiters
+        while waiters:
+            nxt = waiters.popleft()
             if not nxt.done():
                 nxt.set_result(None)  # ownership passes; `busy` stays True
                 self._leave(key, entry)

@@ -38,7 +38,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..codec import Codec
 from ..errors import ConfigurationError, ConflictError, CorruptRecordError, LeaseLost
 from ..events import SESSION_EVICTED, Event, EventBus
-from ..model import HistoryChanges, Message, SessionRecord, SessionRef, Summary
+from ..model import HistoryChanges, Message, SessionRecord, SessionRef, Status, Summary
 from ._common import (
     RecordHead,
     after_cursor,
@@ -66,6 +66,12 @@ log = logging.getLogger("chatstate.stores.memory")
 
 DEFAULT_MAX_SESSIONS = 100_000
 QUARANTINE_KEPT = 1000
+LOADED_KEPT = 256  # heads of records handed out by load() and not committed yet (see _loaded)
+
+_ACTIVE = Status.ACTIVE
+# What commit needs to know of the record it replaces: (its bytes, version, id, and its due
+# times per kind: warn, expire, purge).
+_Head = tuple[bytes, int, str, float | None, float | None, float | None]
 
 
 class _History:
@@ -160,6 +166,11 @@ class MemoryStore(Store):
         self._head = head_decoder(self.codec.format)
         # key -> encoded current record; insertion order is the LRU order (oldest first).
         self._records: dict[str, bytes] = {}
+        # key -> head of the bytes `load` last decoded there. The usual commit replaces exactly
+        # those bytes (load, handler, commit), so its compare-and-set reads this instead of
+        # decoding them again. Trusted only while the stored bytes are that very object;
+        # bounded (cleared when full: it is only a shortcut).
+        self._loaded: dict[str, _Head] = {}
         # session id -> encoded record that a newer session of its key replaced (oldest first).
         self._old: dict[str, bytes] = {}
         # session id -> key, for current records that are closed (what the purge timer and
@@ -223,11 +234,33 @@ class MemoryStore(Store):
     # -- records ----------------------------------------------------------------------------
 
     async def load(self, key: str) -> SessionRecord | None:
-        raw = self._records.pop(key, None)
+        records = self._records
+        raw = records.pop(key, None)
         if raw is None:
             return None
-        self._records[key] = raw  # most recently used: to the end of the LRU order
-        return self._decode(raw, key)
+        records[key] = raw  # most recently used: to the end of the LRU order
+        record = self._decode(raw, key)
+        loaded = self._loaded
+        if len(loaded) >= LOADED_KEPT:
+            loaded.clear()
+        if record.status is _ACTIVE:
+            loaded[key] = (raw, record.version, record.id, record.warn_at, record.expires_at,
+                           record.purge_at)
+        else:
+            loaded[key] = (raw, record.version, record.id, None, None, record.purge_at)
+        return record
+
+    def _head_of(self, key: str, raw: bytes) -> _Head | None:
+        """The head of `raw`, the current bytes at `key` (None if unreadable)."""
+        cached = self._loaded.pop(key, None)
+        if cached is not None and cached[0] is raw:
+            return cached
+        head = self._try_head(raw)
+        if head is None:
+            return None
+        if head.status == _ACTIVE.value:
+            return (raw, head.version, head.id, head.warn_at, head.expires_at, head.purge_at)
+        return (raw, head.version, head.id, None, None, head.purge_at)
 
     async def load_by_id(self, session_id: str) -> SessionRecord | None:
         raw = self._old.get(session_id)
@@ -258,65 +291,93 @@ class MemoryStore(Store):
     ) -> None:
         # Encode everything first: bad data raises before anything changes. The copy trims
         # the encoder's spare buffer capacity (tens of bytes per idle session).
-        raw = bytes(memoryview(self.codec.encode(record)))
-        appended = (
-            [(m.seq, self.codec.encode_message(m)) for m in history.append] if history else []
-        )
-        summaries = (
-            [(s.end_seq, s.start_seq, self.codec.encode_summary(s)) for s in history.summaries]
-            if history
-            else []
-        )
+        codec = self.codec
+        raw = bytes(memoryview(codec.encode(record)))
+        if history:
+            appended = [(m.seq, codec.encode_message(m)) for m in history.append]
+            summaries = [
+                (s.end_seq, s.start_seq, codec.encode_summary(s)) for s in history.summaries
+            ]
         key = record.key
-        now = self.clock.now()
         if lease is not None:
-            self._check_lease(lease, now)
-        current_raw = self._records.get(key)
-        current = None
+            self._check_lease(lease, self.clock.now())
+        records = self._records
+        current_raw = records.get(key)
+        current: _Head | None = None
         if current_raw is not None:
-            current = self._try_head(current_raw)
+            current = self._head_of(key, current_raw)
             if current is None:
                 raise ConflictError(key, expected, None)
-        actual = current.version if current is not None else 0
+        actual = current[1] if current is not None else 0
         if actual != expected or record.version != expected + 1:
             raise ConflictError(key, expected, actual if current is not None else None)
 
         # Index entries at the key exist at or before these times (the lazy-index invariant).
-        before: dict[str, float | None] = dict.fromkeys(DUE_KINDS)
-        if current is not None and current_raw is not None:
-            del self._records[key]  # re-inserted below: most recently used
-            replaced = current.id != record.id
-            if replaced:
-                self._old[current.id] = current_raw
-                self._closed_ids.pop(current.id, None)
-            for kind in DUE_KINDS:
-                until = self._claims.pop((kind, key), None)
-                due = until if until is not None else current.due_at(kind)
-                before[kind] = due
-                if replaced and due is not None:
-                    # The finished session keeps its own timers (e.g. purge) and claims.
-                    loc = OLD + current.id
-                    self._due[kind].add(due, loc)
-                    if until is not None:
-                        self._claims[(kind, loc)] = until
-        self._records[key] = raw
-        if record.status.value == "active":
-            self._closed_ids.pop(record.id, None)
+        warn_before = expire_before = purge_before = None
+        if current is not None:
+            del records[key]  # re-inserted below: most recently used
+            _, _, current_id, warn_before, expire_before, purge_before = current
+            if current_id != record.id or self._claims:
+                warn_before, expire_before, purge_before = self._move_claims(
+                    key, current, current_id != record.id
+                )
+        records[key] = raw
+        active = record.status is _ACTIVE
+        closed_ids = self._closed_ids
+        if active:
+            if closed_ids:
+                closed_ids.pop(record.id, None)
         else:
-            self._closed_ids[record.id] = key
+            closed_ids[record.id] = key
 
-        for kind in DUE_KINDS:
-            due = record.due_at(kind)
-            old = before[kind]
-            # An entry at or before the new deadline already exists: it moves itself later.
-            if due is not None and (old is None or old > due):
-                self._due[kind].add(due, key)
+        # An entry at or before the new deadline already exists: it moves itself later. So a
+        # deadline that slid later (the usual update) costs no index work at all.
+        added = False
+        due = record.purge_at
+        if due is not None and (purge_before is None or purge_before > due):
+            self._due["purge"].add(due, key)
+            added = True
+        if active:
+            due = record.expires_at
+            if due is not None and (expire_before is None or expire_before > due):
+                self._due["expire"].add(due, key)
+                added = True
+            due = record.warn_at
+            if due is not None and (warn_before is None or warn_before > due):
+                self._due["warn"].add(due, key)
+                added = True
 
         if history:
             self._apply_history(record.id, history, appended, summaries)
         if lease is not None and release:
             self._release(lease)
-        self._after_write()
+        if len(records) + len(self._old) > self.max_sessions:
+            self._evict()
+        if added:
+            self._compact_if_stale()
+
+    def _move_claims(
+        self, key: str, current: _Head, replaced: bool
+    ) -> tuple[float | None, float | None, float | None]:
+        """Take the claims off the record at `key` that a commit replaces, and return the
+        times its index entries sit at. A replaced (finished) session keeps its own timers
+        (e.g. purge) and claims, under its id."""
+        current_id = current[2]
+        before: builtins.list[float | None] = []
+        for kind, due in zip(DUE_KINDS, current[3:], strict=True):
+            until = self._claims.pop((kind, key), None)
+            if until is not None:
+                due = until
+            before.append(due)
+            if replaced and due is not None:
+                loc = OLD + current_id
+                self._due[kind].add(due, loc)
+                if until is not None:
+                    self._claims[(kind, loc)] = until
+        if replaced:
+            self._old[current_id] = current[0]
+            self._closed_ids.pop(current_id, None)
+        return before[0], before[1], before[2]
 
     def _apply_history(
         self,
@@ -527,9 +588,9 @@ class MemoryStore(Store):
             index.add(at, loc)
         return out
 
-    def _after_write(self) -> None:
-        if len(self) > self.max_sessions:
-            self._evict()
+    def _compact_if_stale(self) -> None:
+        """Rebuild the due index once stale entries outnumber live records (checked when a
+        commit adds an entry: only then can the index grow)."""
         live = len(self)
         for index in self._due.values():
             if index.size > 2 * live + 4096:
