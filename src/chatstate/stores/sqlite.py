@@ -474,7 +474,7 @@ class SQLiteStore(Store):
                     conn.execute(statement)
             conn.execute(
                 "INSERT OR IGNORE INTO chatstate_meta (name, value) VALUES "
-                "('app', ?), ('schema_version', ?), ('lease_token', 0)",
+                "('app', ?), ('schema_version', ?)",
                 (APP_ID, SCHEMA_VERSION),
             )
             if self._want_fts:
@@ -567,7 +567,9 @@ class SQLiteStore(Store):
 
         def job(conn: sqlite3.Connection) -> None:
             if lease is not None:
-                _check_lease(conn, lease, clock.now())
+                # Check (and, with `release`, give back) the lease in one statement; a failed
+                # compare-and-set below rolls the release back with the rest of this commit.
+                _check_lease(conn, lease, clock.now(), release)
             current = conn.execute(
                 "SELECT id, version FROM sessions WHERE key = ? AND current = 1", (key,)
             ).fetchone()
@@ -594,10 +596,6 @@ class SQLiteStore(Store):
                     "INSERT OR REPLACE INTO summaries (session_id, end_seq, start_seq, blob) "
                     "VALUES (?, ?, ?, ?)",
                     summaries,
-                )
-            if lease is not None and release:
-                conn.execute(
-                    "DELETE FROM leases WHERE key = ? AND token = ?", (lease.key, lease.token)
                 )
 
         await self._run(job, write=True)
@@ -890,22 +888,12 @@ class SQLiteStore(Store):
 
         def job(conn: sqlite3.Connection) -> tuple[Lease | None, bytes | None]:
             now = clock.now()
-            held = conn.execute(
-                "SELECT owner, expires_at FROM leases WHERE key = ?", (key,)
-            ).fetchone()
-            if held is not None and held[1] > now and held[0] != owner:
+            # One statement takes a free (or expired, or own) lease and bumps the key's token;
+            # it returns nothing when another owner holds the key.
+            taken = conn.execute(_TAKE_LEASE, (key, owner, now + ttl, now)).fetchone()
+            if taken is None:
                 return None, None
-            (token,) = conn.execute(
-                "UPDATE chatstate_meta SET value = value + 1 WHERE name = 'lease_token' "
-                "RETURNING value"
-            ).fetchone()
-            lease = Lease(key=key, owner=owner, token=int(token), expires_at=now + ttl)
-            conn.execute(
-                "INSERT INTO leases (key, owner, token, expires_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, "
-                "token = excluded.token, expires_at = excluded.expires_at",
-                (key, owner, lease.token, lease.expires_at),
-            )
+            lease = Lease(key=key, owner=owner, token=int(taken[0]), expires_at=now + ttl)
             row = conn.execute(
                 "SELECT blob FROM sessions WHERE key = ? AND current = 1", (key,)
             ).fetchone()
@@ -938,9 +926,7 @@ class SQLiteStore(Store):
 
     async def release(self, lease: Lease) -> None:
         def job(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "DELETE FROM leases WHERE key = ? AND token = ?", (lease.key, lease.token)
-            )
+            conn.execute(_RELEASE_LEASE, (lease.key, lease.token))
 
         await self._run(job, write=True)
 
@@ -995,11 +981,32 @@ _UPSERT_MESSAGE = (
 )
 
 
-def _check_lease(conn: sqlite3.Connection, lease: Lease, now: float) -> None:
-    held = conn.execute(
-        "SELECT owner, token, expires_at FROM leases WHERE key = ?", (lease.key,)
-    ).fetchone()
-    if held is None or held[0] != lease.owner or held[1] != lease.token or held[2] <= now:
+# A lease row stays after release (expired), so that the key's fencing token keeps growing.
+_TAKE_LEASE = """
+INSERT INTO leases (key, owner, token, expires_at) VALUES (?1, ?2, 1, ?3)
+ON CONFLICT (key) DO UPDATE SET
+    owner = excluded.owner, token = leases.token + 1, expires_at = excluded.expires_at
+    WHERE leases.expires_at <= ?4 OR leases.owner = excluded.owner
+RETURNING token
+"""
+_RELEASE_LEASE = "UPDATE leases SET expires_at = 0 WHERE key = ? AND token = ?"
+
+
+def _check_lease(conn: sqlite3.Connection, lease: Lease, now: float, release: bool) -> None:
+    params = (lease.key, lease.owner, lease.token, now)
+    if release:
+        held = conn.execute(
+            "UPDATE leases SET expires_at = 0 "
+            "WHERE key = ? AND owner = ? AND token = ? AND expires_at > ?",
+            params,
+        ).rowcount
+    else:
+        held = conn.execute(
+            "SELECT COUNT(*) FROM leases "
+            "WHERE key = ? AND owner = ? AND token = ? AND expires_at > ?",
+            params,
+        ).fetchone()[0]
+    if not held:
         raise LeaseLost(lease.key, lease.token)
 
 
