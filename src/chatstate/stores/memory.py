@@ -292,7 +292,7 @@ class MemoryStore(Store):
         # Encode everything first: bad data raises before anything changes. The copy trims
         # the encoder's spare buffer capacity (tens of bytes per idle session).
         codec = self.codec
-        raw = bytes(memoryview(codec.encode(record)))
+        raw = memoryview(codec.encode(record)).tobytes()
         if history:
             appended = [(m.seq, codec.encode_message(m)) for m in history.append]
             summaries = [
