@@ -38,8 +38,11 @@ async def test_demo_bot_remembers_name_counts_and_forgets_on_reset() -> None:
         return replies[0].text
 
     async with manager:
-        assert "What's your name?" in await say("hi")
+        greeting = await bot.greet(Incoming(platform="web", user_id="u1"))
+        assert "What's your name?" in greeting[0].text
         assert "Nice to meet you, Ada" in await say("Ada")
+        assert (await bot.greet(Incoming(platform="web", user_id="u1")))[0].text == (
+            "Welcome back, Ada!")
         assert "message number 1" in await say("one")
         assert "message number 2" in await say("two")
         before = await manager.get(SessionKey.user("web", "u1"))

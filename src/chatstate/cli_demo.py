@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from .cli import CLIError, add_store_option, command
 from .demo import DemoBot, FlowDemoBot, demo_manager, flow_examples
+from .engine import SessionManager
 from .model import Incoming, Outgoing
 
 
@@ -46,7 +47,8 @@ async def demo(args: argparse.Namespace) -> int:
             known = ", ".join(sorted(examples)) or "none in this installation"
             raise CLIError(f"no flow example {args.example!r}; available: {known}")
         runner_factory = examples[args.example]
-    async with demo_manager(args.store) as manager:
+    manager = SessionManager(args.store) if runner_factory else demo_manager(args.store)
+    async with manager:
         say = _printer(console, interactive)
         what = f"flow example {args.example}" if args.example else "demo"
         console.print(
@@ -59,16 +61,10 @@ async def demo(args: argparse.Namespace) -> int:
         bot: DemoBot | FlowDemoBot
         if runner_factory is not None:
             bot = FlowDemoBot(manager, runner_factory(), args.example)
-            last = bot.greeting()
-            say(last)
         else:
             bot = DemoBot(manager)
-            record = await manager.get(DemoBot.key_for(Incoming(platform="cli", user_id=user)))
-            if record is not None and record.data.get("name"):
-                last = [Outgoing(text=f"Welcome back, {record.data['name']}!")]
-            else:
-                last = await bot.reply(Incoming(platform="cli", user_id=user, text=""))
-            say(last)
+        last = await bot.greet(Incoming(platform="cli", user_id=user))
+        say(last)
         async for line in _lines(sys.stdin, interactive, console):
             text = line.strip()
             if text in ("/quit", "/exit"):

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from .clock import Clock
 from .engine import SessionManager
 from .model import Incoming, Message, Outgoing, SessionKey, SessionRecord
@@ -47,6 +49,14 @@ class DemoBot:
     @staticmethod
     def key_for(incoming: Incoming) -> SessionKey:
         return SessionKey.user(incoming.platform, incoming.user_id or "anonymous")
+
+    async def greet(self, incoming: Incoming) -> list[Outgoing]:
+        """What the bot says when a user opens the chat: welcome back a known user, otherwise
+        start the session by asking for the name."""
+        record = await self.manager.get(self.key_for(incoming))
+        if record is not None and record.data.get("name"):
+            return [Outgoing(text=f"Welcome back, {record.data['name']}!")]
+        return await self.reply(msgspec.structs.replace(incoming, text="", command=None))
 
     async def reply(self, incoming: Incoming) -> list[Outgoing]:
         key = self.key_for(incoming)
@@ -129,8 +139,9 @@ class FlowDemoBot:
     def key_for(self, incoming: Incoming) -> SessionKey:
         return SessionKey.user(self.platform, incoming.user_id or "anonymous")
 
-    def greeting(self) -> list[Outgoing]:
-        return [self.runner.menu()]
+    async def greet(self, incoming: Incoming) -> list[Outgoing]:
+        """The runner's menu: one button per flow."""
+        return [self.runner.menu(incoming.language or "en")]
 
     async def reply(self, incoming: Incoming) -> list[Outgoing]:
         replies: list[Outgoing] = []
