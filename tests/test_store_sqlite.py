@@ -289,6 +289,10 @@ async def test_missing_directory_and_bad_options(tmp_path: Path) -> None:
         open_store("sqlite:///x.db?synchronous=sometimes")
     with pytest.raises(ConfigurationError, match="unknown"):
         open_store("sqlite:///x.db?journal=memory")
+    with pytest.raises(ConfigurationError, match="shared"):
+        open_store("sqlite:///x.db?shared=maybe")
+    assert open_store("sqlite:///x.db?shared=false").shared is False
+    assert open_store("sqlite:///x.db").shared is True
     with pytest.raises(ConfigurationError, match="no host"):
         open_store("sqlite://host/x.db")
     with pytest.raises(ConfigurationError, match="names no file"):

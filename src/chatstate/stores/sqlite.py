@@ -14,7 +14,9 @@ the store is `shared`, so the engine takes leases (kept in the file) and writers
 other up to `busy_timeout` seconds before `StoreUnavailable` is raised.
 
 Options (URL query or keyword): ``synchronous`` (normal | full | off), ``busy_timeout``
-(seconds, default 10), ``fts`` (true | false: keyword search through FTS5 when available).
+(seconds, default 10), ``fts`` (true | false: keyword search through FTS5 when available),
+``shared`` (true by default; ``false`` promises that only this process opens the file, so the
+engine skips leases: one write per update instead of two).
 """
 
 from __future__ import annotations
@@ -300,9 +302,13 @@ class SQLiteStore(Store):
         synchronous: str = "normal",
         busy_timeout: float = 10.0,
         fts: bool = True,
+        shared: bool = True,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(codec=codec)
+        # False promises that no other process opens the file: the engine then takes no
+        # leases (one write per update instead of two); compare-and-set still guards commits.
+        self.shared = shared
         mode = _SYNC_MODES.get(str(synchronous).lower())
         if mode is None:
             raise ConfigurationError(
@@ -347,15 +353,16 @@ class SQLiteStore(Store):
                 f"{url!r} names no file; use e.g. sqlite:///chatstate.db"
             )
         merged: dict[str, Any] = {**query_options(url), **options}
-        known = {"synchronous", "busy_timeout", "fts", "codec", "clock"}
+        known = {"synchronous", "busy_timeout", "fts", "shared", "codec", "clock"}
         unknown = set(merged) - known
         if unknown:
             raise ConfigurationError(
                 f"unknown sqlite:// option(s) {sorted(unknown)}; known: synchronous, "
-                "busy_timeout, fts"
+                "busy_timeout, fts, shared"
             )
-        if "fts" in merged:
-            merged["fts"] = _bool_option("fts", merged["fts"])
+        for name in ("fts", "shared"):
+            if name in merged:
+                merged[name] = _bool_option(name, merged[name])
         return cls(path, **merged)
 
     # -- lifetime ---------------------------------------------------------------------------
