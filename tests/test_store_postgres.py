@@ -292,15 +292,19 @@ async def test_a_version_1_database_is_upgraded_in_place(
             Message(role="user", content=f"hello number {i}", seq=1),
             Message(role="assistant", content=[{"type": "text", "text": "Bonjour Ada"}], seq=2),
         ])
-        row = await admin.fetchrow(old._sql["commit"],
-                                   *old.commit_arguments(record, 0, history=history))
+        # Version 1's commit function takes the first 25 of today's arguments.
+        row = await admin.fetchrow(
+            f'SELECT outcome, actual FROM "{schema}".commit_session('
+            + ", ".join(f"${i}" for i in range(1, 26)) + ")",
+            *old.commit_arguments(record, 0, history=history)[:25],
+        )
         assert row["outcome"] == 0
         records.append(record)
     assert await schema_sql.applied_versions(admin, schema) == [1]
 
-    assert await upgrade(url) == [2]
+    assert await upgrade(url) == [2, 3]
     assert await upgrade(url) == []  # idempotent
-    assert await schema_sql.applied_versions(admin, schema) == [1, 2]
+    assert await schema_sql.applied_versions(admin, schema) == [1, 2, 3]
 
     store = PostgresStore.from_url(url, migrate=False)
     await store.open()
@@ -333,7 +337,7 @@ async def test_a_newer_schema_is_refused_and_left_unchanged(
     schema: str, admin: asyncpg.Connection
 ) -> None:
     url = store_url(schema)
-    assert await upgrade(url) == [1, 2]
+    assert await upgrade(url) == [m.version for m in schema_sql.MIGRATIONS]
     await admin.execute(
         f'INSERT INTO "{schema}".chatstate_migrations (version, description) '
         "VALUES ($1, 'from the future')",
@@ -343,7 +347,8 @@ async def test_a_newer_schema_is_refused_and_left_unchanged(
         await PostgresStore.from_url(url).open()
     with pytest.raises(SchemaError, match="newer"):
         await upgrade(url)
-    assert await schema_sql.applied_versions(admin, schema) == [1, 2, 3]
+    known = [m.version for m in schema_sql.MIGRATIONS]
+    assert await schema_sql.applied_versions(admin, schema) == [*known, known[-1] + 1]
 
 
 async def test_a_schema_with_foreign_tables_is_refused(
@@ -365,7 +370,9 @@ async def test_processes_opening_a_fresh_schema_at_once_migrate_it_once(
     stores = [PostgresStore.from_url(store_url(schema)) for _ in range(4)]
     await asyncio.gather(*(s.open() for s in stores))
     await asyncio.gather(*(s.close() for s in stores))
-    assert await schema_sql.applied_versions(admin, schema) == [1, 2]
+    assert await schema_sql.applied_versions(admin, schema) == [
+        m.version for m in schema_sql.MIGRATIONS
+    ]
 
 
 # -- leases, fencing, claims ------------------------------------------------------------------
@@ -413,9 +420,17 @@ async def test_a_lost_commit_answer_is_safe_to_retry(schema: str) -> None:
         record.data["n"] = 2
         record.version = 2
         message = Message(role="user", content="once", seq=2)
-        await store.commit(record, expected=1, history=HistoryChanges(append=[message]))
-        # The same commit again (as after an answer lost in transit): recognised, not doubled.
-        await store.commit(record, expected=1, history=HistoryChanges(append=[message]))
+        # One commit() call sends the same arguments (with one mark) on every attempt: a second
+        # attempt after an answer lost in transit finds its own commit and doubles nothing.
+        args = store.commit_arguments(record, 1, history=HistoryChanges(append=[message]))
+        for _attempt in range(2):
+            row = await store._read("commit", lambda c: c.fetchrow(store._sql["commit"], *args))
+            assert row["outcome"] == 0
+        assert await store.count_messages(record.ref) == 2
+        # Another call with byte-identical contents is another writer's commit: a conflict
+        # (taking it for its own would lose one of two identical increments).
+        with pytest.raises(ConflictError):
+            await store.commit(record, expected=1, history=HistoryChanges(append=[message]))
         assert await store.count_messages(record.ref) == 2
         other = new_record(record.key)
         other.id = record.id

@@ -150,11 +150,32 @@ def _jsonb_decode(data: bytes) -> bytes:
     return data[1:]
 
 
+def _json_encode(value: bytes | str) -> bytes:
+    # Binary `json` wire format: the JSON text itself.
+    return value.encode() if isinstance(value, str) else value
+
+
+def _json_decode(data: bytes) -> bytes:
+    return data
+
+
 async def _init_connection(conn: Any) -> None:
     await conn.set_type_codec(
         "jsonb", schema="pg_catalog", encoder=_jsonb_encode, decoder=_jsonb_decode,
         format="binary",
     )
+    await conn.set_type_codec(
+        "json", schema="pg_catalog", encoder=_json_encode, decoder=_json_decode,
+        format="binary",
+    )
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 def _json_array(items: Sequence[bytes]) -> bytes:
@@ -341,9 +362,11 @@ class PostgresStore(Store):
         q = self._q
         now = "coalesce({}::float8, extract(epoch FROM clock_timestamp()))"
         delete_rows = (
-            f"m AS (DELETE FROM {q}.messages WHERE session_id IN (SELECT id FROM d)), "
+            f"m AS (DELETE FROM {q}.messages WHERE sid IN (SELECT num FROM d)), "
             f"su AS (DELETE FROM {q}.summaries WHERE session_id IN (SELECT id FROM d)) "
         )
+        # History rows are keyed by the session's number (see postgres_schema, version 3).
+        sid = f"sid = (SELECT num FROM {q}.sessions WHERE id = $1)"
         sql = {
             "load": f"SELECT record FROM {q}.sessions WHERE key = $1 AND is_current",
             "load_by_id": f"SELECT record FROM {q}.sessions WHERE id = $1",
@@ -352,7 +375,7 @@ class PostgresStore(Store):
             ),
             "commit": (
                 f"SELECT outcome, actual FROM {q}.commit_session("
-                + ", ".join(f"${i}" for i in range(1, 26))
+                + ", ".join(f"${i}" for i in range(1, 27))
                 + ")"
             ),
             "renew": (
@@ -363,13 +386,16 @@ class PostgresStore(Store):
             "release": f"DELETE FROM {q}.leases WHERE key = $1 AND token = $2",
             "delete": (
                 f"WITH d AS (DELETE FROM {q}.sessions WHERE key = $1 AND "
-                "CASE WHEN $2::text IS NULL THEN is_current ELSE id = $2 END RETURNING id), "
+                "CASE WHEN $2::text IS NULL THEN is_current ELSE id = $2 END RETURNING id, num), "
                 + delete_rows
                 + "SELECT count(*) FROM d"
             ),
+            # Only while the current record still holds the unreadable document ($5, NULL
+            # when the bytes are not JSON and so cannot be what the column holds): a record
+            # written meanwhile by another writer stays.
             "quarantine": (
                 f"WITH d AS (DELETE FROM {q}.sessions WHERE key = $1 AND is_current "
-                "RETURNING id), "
+                "AND record = $5 RETURNING id, num), "
                 + delete_rows
                 + f", ins AS (INSERT INTO {q}.quarantine (key, reason, at, raw) "
                 f"VALUES ($1, $2, {now.format('$3')}, $4)) SELECT count(*) FROM d"
@@ -378,17 +404,18 @@ class PostgresStore(Store):
                 f"SELECT key, reason, at, raw FROM {q}.quarantine ORDER BY id DESC LIMIT $1"
             ),
             "read_tail": (
-                f"SELECT record FROM {q}.messages WHERE session_id = $1 AND seq < $2 "
+                f"SELECT body FROM {q}.messages WHERE {sid} AND seq < $2 "
                 "ORDER BY seq DESC LIMIT $3"
             ),
             "read_range": (
-                f"SELECT record FROM {q}.messages WHERE session_id = $1 AND seq BETWEEN $2 AND $3 "
+                f"SELECT body FROM {q}.messages WHERE {sid} AND seq BETWEEN $2 AND $3 "
                 "ORDER BY seq"
             ),
             "count_messages": f"SELECT history_count FROM {q}.sessions WHERE id = $1",
             "search": (
-                f"SELECT record FROM {q}.messages WHERE session_id = $1 "
-                "AND tsv @@ to_tsquery('simple', $2) ORDER BY seq DESC LIMIT $3"
+                f"SELECT body FROM {q}.messages WHERE {sid} "
+                f"AND to_tsvector('simple'::regconfig, {q}.message_text(body)) "
+                "@@ to_tsquery('simple', $2) ORDER BY seq DESC LIMIT $3"
             ),
             "list_summaries": (
                 f"SELECT record FROM {q}.summaries WHERE session_id = $1 "
@@ -633,6 +660,9 @@ class PostgresStore(Store):
             usage.input_tokens + usage.output_tokens, raw,
             lease.token if lease is not None else None, bool(release and lease is not None),
             self._now(), append, summaries, drop_through, drop_summaries,
+            # The commit's mark: the same for every attempt of this call, so a retry can tell
+            # its own applied commit from an identical one by another writer.
+            uuid.uuid4(),
         )
 
     async def delete(self, key: str, session_id: str | None = None) -> bool:
@@ -642,11 +672,16 @@ class PostgresStore(Store):
         return bool(deleted)
 
     async def quarantine(self, key: str, raw: bytes, reason: str) -> None:
-        await self._write(
+        raw = bytes(raw)
+        document = raw if _is_json(raw) else None
+        moved = await self._write(
             "quarantine",
-            lambda c: c.fetchval(self._sql["quarantine"], key, reason, self._now(), bytes(raw)),
+            lambda c: c.fetchval(
+                self._sql["quarantine"], key, reason, self._now(), raw, document
+            ),
         )
-        log.warning("quarantined the unreadable session %s: %s", key, reason)
+        if moved:
+            log.warning("quarantined the unreadable session %s: %s", key, reason)
 
     async def list_quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self._read(
@@ -658,14 +693,15 @@ class PostgresStore(Store):
         ]
 
     async def _put_raw(self, key: str, raw: bytes) -> None:
-        """Maintenance/test hook: store `raw` as the current record of `key` unchecked (e.g. to
-        simulate a corrupted record). The column is JSONB, so bytes that are not JSON are
-        stored as a JSON string of their text (which the codec then refuses, as it should)."""
-        try:
-            msgspec.json.decode(raw)
-            doc = bytes(raw)
-        except msgspec.DecodeError:
-            doc = msgspec.json.encode(bytes(raw).decode("utf-8", "replace"))
+        """Test/maintenance hook (see `Store`): store `raw` as the current record of `key`
+        unchecked, creating a current row if there is none. The column is JSONB, so `raw` must
+        be a JSON document (ValueError otherwise); it reads back in JSONB's canonical text."""
+        doc = bytes(raw)
+        if not _is_json(doc):
+            raise ValueError(
+                "PostgresStore keeps records in a JSONB column: _put_raw takes a JSON document "
+                f"(UTF-8), not {doc[:40]!r}"
+            )
         platform, _, rest = key.partition(":")
         scope = rest.partition(":")[0]
         query = (
@@ -674,10 +710,13 @@ class PostgresStore(Store):
             "platform, scope, created_at, last_activity, version, record) "
             "SELECT $3, $1, true, 'active', $4, $5, 0, 0, 1, $2 WHERE NOT EXISTS (SELECT 1 FROM u)"
         )
-        await self._write(
-            "put_raw",
-            lambda c: c.execute(query, key, doc, f"raw-{uuid.uuid4().hex}", platform, scope),
-        )
+        try:
+            await self._write(
+                "put_raw",
+                lambda c: c.execute(query, key, doc, f"raw-{uuid.uuid4().hex}", platform, scope),
+            )
+        except pgerr.UntranslatableCharacterError as exc:  # e.g. "\u0000" inside a string
+            raise ValueError(f"JSONB cannot hold this document: {exc}") from None
 
     async def list(
         self, filter: SessionFilter | None = None, *, limit: int = 100, cursor: str | None = None
@@ -689,11 +728,15 @@ class PostgresStore(Store):
             after_activity, after_id = _decode_cursor(cursor)
             where.params.extend([after_activity, after_id])
             n = len(where.params)
-            where.terms.append(f"(last_activity, id) < (${n - 1}, ${n})")
+            # After the cursor in (last_activity desc, id asc); the first term bounds the
+            # index range, the second skips what the previous page returned.
+            where.terms.append(
+                f"last_activity <= ${n - 1} AND (last_activity < ${n - 1} OR id > ${n})"
+            )
         where.params.append(limit + 1)
         query = (
             f"SELECT id, key, last_activity, record FROM {self._q}.sessions{where.sql} "
-            f"ORDER BY last_activity DESC, id DESC LIMIT ${len(where.params)}"
+            f"ORDER BY last_activity DESC, id LIMIT ${len(where.params)}"
         )
         rows = await self._read("list", lambda c: c.fetch(query, *where.params))
         more = len(rows) > limit
@@ -786,7 +829,7 @@ class PostgresStore(Store):
     # -- history ----------------------------------------------------------------------------
 
     def _messages(self, rows: Sequence[Any]) -> builtins.list[Message]:
-        return [self.codec.decode_message(row["record"]) for row in rows]
+        return [self.codec.decode_message(row["body"]) for row in rows]
 
     async def read_tail(
         self, ref: SessionRef, limit: int, *, before_seq: int | None = None

@@ -276,10 +276,176 @@ ALTER TABLE {schema}.messages ADD COLUMN tsv tsvector
     "CREATE INDEX messages_tsv ON {schema}.messages USING gin (tsv);",
 )
 
+# Version 3: compact history, commit marks, listing order.
+#
+# * History rows were about 6x the raw size of the messages: a JSONB copy of each message (JSONB
+#   is larger than its JSON text), a stored tsvector column as large again, a GIN index with its
+#   pending list, the 33-byte session id text in every row and in the primary key, and a token
+#   count column that nothing read. Now a message is one row (sid bigint, seq bigint, body json):
+#   `sid` is the session's small number (`sessions.num`), `body` the codec's compact JSON text as
+#   sent (the `json` type keeps the text; JSONB would re-encode it larger), and full-text search
+#   is an expression index (no stored tsvector) without a pending list (`fastupdate = off`).
+# * A commit carries a random mark, stored with the row. A retried commit whose answer was lost
+#   recognises that its earlier attempt was applied by that mark only: version 1 compared the
+#   record's bytes, and two writers that load one version and make the same change produce
+#   identical bytes, so the second "recognised" the first's write as its own and an update was
+#   lost.
+# * The listing order is last_activity descending, then id ascending (the store protocol's
+#   order); the listing index now has that order.
+_V3_TABLES = (
+    """
+CREATE SEQUENCE {schema}.session_num;
+ALTER TABLE {schema}.sessions
+    ADD COLUMN num bigint NOT NULL DEFAULT nextval('{schema}.session_num'),
+    ADD COLUMN commit_mark uuid;
+ALTER SEQUENCE {schema}.session_num OWNED BY {schema}.sessions.num;
+""",
+    """
+ALTER TABLE {schema}.messages RENAME TO messages_v2;
+ALTER INDEX {schema}.messages_pkey RENAME TO messages_v2_pkey;
+CREATE TABLE {schema}.messages (
+    sid  bigint NOT NULL,
+    seq  bigint NOT NULL,
+    body json NOT NULL,
+    PRIMARY KEY (sid, seq)
+);
+INSERT INTO {schema}.messages (sid, seq, body)
+    SELECT s.num, m.seq, m.record::text::json
+    FROM {schema}.messages_v2 m JOIN {schema}.sessions s ON s.id = m.session_id;
+DROP TABLE {schema}.messages_v2;
+DROP FUNCTION {schema}.message_text(jsonb);
+""",
+    """
+CREATE FUNCTION {schema}.message_text(m json) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE json_typeof(m -> 'content')
+        WHEN 'string' THEN m ->> 'content'
+        WHEN 'array' THEN (
+            SELECT coalesce(string_agg(p ->> 'text', ' '), '')
+            FROM json_array_elements(m -> 'content') AS p
+            WHERE json_typeof(p) = 'object')
+        ELSE '' END
+$$;
+""",
+    """
+CREATE INDEX messages_text ON {schema}.messages
+    USING gin (to_tsvector('simple'::regconfig, {schema}.message_text(body)))
+    WITH (fastupdate = off);
+""",
+    """
+DROP INDEX {schema}.sessions_listing;
+CREATE INDEX sessions_listing ON {schema}.sessions (last_activity DESC, id);
+""",
+    """
+DROP FUNCTION {schema}.commit_session(
+    text, text, bigint, bigint, text, text, text, text, text, float8, float8, float8, float8,
+    float8, text, bigint, bigint, jsonb, bigint, boolean, float8, jsonb, jsonb, bigint, boolean);
+""",
+)
+
+# Commit-and-release (see version 1) on the compact history table, with the commit mark.
+_V3_COMMIT = """
+CREATE FUNCTION {schema}.commit_session(
+    p_key text, p_id text, p_expected bigint, p_version bigint,
+    p_status text, p_platform text, p_scope text, p_flow text, p_step text,
+    p_created_at float8, p_last_activity float8,
+    p_warn_at float8, p_expires_at float8, p_purge_at float8,
+    p_close_reason text, p_messages bigint, p_tokens bigint, p_record jsonb,
+    p_lease_token bigint, p_release boolean, p_now float8,
+    p_append json, p_summaries jsonb, p_drop_through bigint, p_drop_summaries boolean,
+    p_mark uuid,
+    OUT outcome integer, OUT actual bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now float8 := coalesce(p_now, extract(epoch FROM clock_timestamp()));
+    v_current text;
+    v_num bigint;
+    v_mark uuid;
+    v_added bigint := 0;
+    v_dropped bigint := 0;
+BEGIN
+    outcome := 0;
+    -- The session row first, then the lease row: every statement that locks both does so in
+    -- this order (lease_and_load, renew and release lock only the lease), so no deadlock.
+    SELECT s.id, s.version, s.num, s.commit_mark INTO v_current, actual, v_num, v_mark
+        FROM {schema}.sessions s WHERE s.key = p_key AND s.is_current FOR UPDATE;
+    IF actual = p_version AND v_current = p_id AND v_mark = p_mark THEN
+        RETURN;  -- this very commit was applied by an earlier attempt whose answer was lost
+    END IF;
+    IF p_lease_token IS NOT NULL THEN
+        PERFORM 1 FROM {schema}.leases l
+            WHERE l.key = p_key AND l.token = p_lease_token AND l.expires_at > v_now
+            FOR UPDATE;
+        IF NOT FOUND THEN
+            outcome := 1;
+            RETURN;
+        END IF;
+    END IF;
+    IF coalesce(actual, 0) <> p_expected THEN
+        outcome := 2;
+        RETURN;
+    END IF;
+    IF v_current IS DISTINCT FROM p_id THEN
+        v_num := nextval('{schema}.session_num');  -- a new session: its row is inserted below
+    END IF;
+
+    -- Drops apply to what was stored before this commit, then the new messages go in.
+    IF p_drop_through IS NOT NULL THEN
+        DELETE FROM {schema}.messages WHERE sid = v_num AND seq <= p_drop_through;
+        GET DIAGNOSTICS v_dropped = ROW_COUNT;
+    END IF;
+    IF p_append IS NOT NULL THEN
+        INSERT INTO {schema}.messages (sid, seq, body)
+            SELECT v_num, (m ->> 'seq')::bigint, m FROM json_array_elements(p_append) AS m;
+        GET DIAGNOSTICS v_added = ROW_COUNT;
+    END IF;
+    IF p_drop_summaries THEN
+        DELETE FROM {schema}.summaries WHERE session_id = p_id;
+    END IF;
+    IF p_summaries IS NOT NULL THEN
+        INSERT INTO {schema}.summaries (session_id, start_seq, end_seq, record)
+            SELECT p_id, (m ->> 'start_seq')::bigint, (m ->> 'end_seq')::bigint, m
+            FROM jsonb_array_elements(p_summaries) AS m
+        ON CONFLICT (session_id, end_seq, start_seq) DO UPDATE SET record = excluded.record;
+    END IF;
+
+    IF v_current = p_id THEN
+        UPDATE {schema}.sessions SET
+            status = p_status, flow = p_flow, step = p_step,
+            created_at = p_created_at, last_activity = p_last_activity,
+            warn_at = p_warn_at, expires_at = p_expires_at, purge_at = p_purge_at,
+            close_reason = p_close_reason, messages = p_messages, tokens = p_tokens,
+            history_count = history_count + v_added - v_dropped,
+            labels = coalesce(p_record -> 'labels', '{{}}'::jsonb),
+            version = p_version, record = p_record, commit_mark = p_mark
+        WHERE id = p_id;
+    ELSE
+        IF v_current IS NOT NULL THEN
+            UPDATE {schema}.sessions SET is_current = false WHERE id = v_current;
+        END IF;
+        INSERT INTO {schema}.sessions (
+            id, key, is_current, status, platform, scope, flow, step, created_at,
+            last_activity, warn_at, expires_at, purge_at, close_reason, messages, tokens,
+            history_count, labels, version, record, num, commit_mark)
+        VALUES (
+            p_id, p_key, true, p_status, p_platform, p_scope, p_flow, p_step, p_created_at,
+            p_last_activity, p_warn_at, p_expires_at, p_purge_at, p_close_reason, p_messages,
+            p_tokens, greatest(v_added - v_dropped, 0),
+            coalesce(p_record -> 'labels', '{{}}'::jsonb), p_version, p_record, v_num, p_mark);
+    END IF;
+
+    IF p_release AND p_lease_token IS NOT NULL THEN
+        DELETE FROM {schema}.leases WHERE key = p_key AND token = p_lease_token;
+    END IF;
+END
+$$;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions, history, summaries, leases, counters, quarantine",
               (_V1_TABLES, _V1_LEASE_AND_LOAD, _V1_COMMIT)),
     Migration(2, "full-text search over message history", _V2_SEARCH),
+    Migration(3, "compact history, commit marks, listing order", (*_V3_TABLES, _V3_COMMIT)),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
