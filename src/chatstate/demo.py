@@ -22,6 +22,7 @@ from .clock import Clock
 from .engine import SessionManager
 from .model import Incoming, Message, Outgoing, SessionKey, SessionRecord
 from .policy import LifecyclePolicy
+from .session import Session
 from .stores.base import Store
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ HELP = (
 # deletes the session for good.
 DEMO_POLICY = LifecyclePolicy(carry_over=("name",))
 DEMO_DEFAULTS = {"name": None, "count": 0}
+_OWN_UPDATE_COMMANDS = frozenset({"reset", "whoami", "help", "start"})
 
 
 class DemoBot:
@@ -79,22 +81,42 @@ class DemoBot:
         async with self.manager.session(key, message=bool(text)) as s:
             if text:
                 s.append(Message(role="user", content=text))
-            name = s.data.get("name")
-            if name is None:
-                if s.state == "asking_name" and text:
-                    s.data["name"] = name = text[:60]
-                    s.state = None
-                    answer = f"Nice to meet you, {name}! Say anything; /whoami shows your session."
-                else:
-                    s.state = "asking_name"
-                    answer = "Hello! I am the chatstate demo bot. What's your name?"
-            else:
-                s.data["count"] = count = int(s.data.get("count") or 0) + 1
-                answer = f"{name}, that is message number {count} you sent me."
-                if text:
-                    answer += f" You said: {text}"
+            answer = self._answer(s, text)
             s.append(Message(role="assistant", content=answer))
         return [Outgoing(text=answer)]
+
+    # The server's one-update path (chatstate.server.bots): for a text, the server opens the
+    # session, records the user's message and the reply, and commits once; commands and empty
+    # texts still go through `reply`, which runs outside a session update.
+
+    @staticmethod
+    def needs_own_update(incoming: Incoming) -> bool:
+        """True for what `session_reply` cannot answer inside one open session: /reset (it
+        deletes the session), /whoami, /help, /start (they change nothing) and empty texts."""
+        return incoming.command in _OWN_UPDATE_COMMANDS or not (
+            incoming.text or incoming.payload or ""
+        ).strip()
+
+    async def session_reply(self, s: Session, incoming: Incoming) -> list[Outgoing]:
+        """Answer a text inside the caller's open session `s` (which counts the message and
+        records the user's message and this reply in the history)."""
+        return [Outgoing(text=self._answer(s, (incoming.text or incoming.payload or "").strip()))]
+
+    @staticmethod
+    def _answer(s: Session, text: str) -> str:
+        name = s.data.get("name")
+        if name is None:
+            if s.state == "asking_name" and text:
+                s.data["name"] = name = text[:60]
+                s.state = None
+                return f"Nice to meet you, {name}! Say anything; /whoami shows your session."
+            s.state = "asking_name"
+            return "Hello! I am the chatstate demo bot. What's your name?"
+        s.data["count"] = count = int(s.data.get("count") or 0) + 1
+        answer = f"{name}, that is message number {count} you sent me."
+        if text:
+            answer += f" You said: {text}"
+        return answer
 
 
 def describe(record: SessionRecord | None) -> str:

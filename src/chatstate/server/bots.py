@@ -5,8 +5,11 @@ Two shapes are accepted:
 * a *session bot*: ``async def reply(session, incoming) -> list[Outgoing]`` (a function, or an
   object with such a `reply` method). The server opens the session, records the user's message,
   calls the bot, records the replies and commits, all in one update.
-* a *self-managed bot* such as `chatstate.demo.DemoBot`: ``async def reply(incoming)`` that opens
-  the session itself through the manager it was built with.
+* a *self-managed bot*: ``async def reply(incoming)`` that opens the session itself through the
+  manager it was built with.
+* both, like `chatstate.demo.DemoBot`: an object with ``session_reply(session, incoming)`` for
+  the one-update path, ``reply(incoming)`` for what must run outside a session update, and
+  ``needs_own_update(incoming) -> bool`` saying which is which.
 
 `CHATSTATE_BOT=module:attribute` names one; a class (or zero/one-argument factory) is called with
 the manager when it takes one.
@@ -34,6 +37,14 @@ class Bot:
     name: str
     session_reply: SessionBotFn | None = None  # set for session bots
     self_reply: SelfManagedFn | None = None  # set for self-managed bots
+    # Set for bots with both: True for an update that must go to `self_reply`.
+    own_update: Callable[[Incoming], bool] | None = None
+
+    def in_session(self, incoming: Incoming) -> bool:
+        """Whether `incoming` is answered inside the server's session update."""
+        if self.session_reply is None:
+            return False
+        return self.own_update is None or not self.own_update(incoming)
 
 
 def as_outgoing(result: Any) -> list[Outgoing]:
@@ -69,6 +80,14 @@ def make_bot(obj: Any, manager: SessionManager, name: str | None = None) -> Bot:
     if inspect.isclass(obj):
         factory: Any = obj
         obj = factory(manager) if _positional_count(factory.__init__) >= 2 else factory()
+    session_reply = getattr(obj, "session_reply", None) if not inspect.isfunction(obj) else None
+    if callable(session_reply) and _positional_count(session_reply) == 2:
+        own_reply = getattr(obj, "reply", None)
+        own_update = getattr(obj, "needs_own_update", None)
+        if callable(own_reply) and _positional_count(own_reply) == 1 and callable(own_update):
+            return Bot(label, session_reply=_async(session_reply), self_reply=_async(own_reply),
+                       own_update=own_update)
+        return Bot(label, session_reply=_async(session_reply))
     reply = getattr(obj, "reply", None) if not inspect.isfunction(obj) else None
     fn: Callable[..., Any] = reply if callable(reply) else obj
     if not callable(fn):

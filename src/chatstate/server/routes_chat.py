@@ -70,7 +70,8 @@ async def chat_once(
         incoming.payload = payload
     bot = rt.bot
     record: SessionRecord | None
-    if bot.session_reply is not None:
+    if bot.in_session(incoming):
+        assert bot.session_reply is not None
         # Step funnel counters come from the flow runner's `flow.step.*` events.
         async with rt.manager.session(key) as s:
             rt.memory.stage(s, Message(role="user", content=text))
