@@ -48,39 +48,62 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class EventBus:
-    """Fan-out of events to hooks registered by name (or '*' for all), plus counters."""
+    """Fan-out of events to hooks registered by name, by prefix ('flow.*') or for all ('*'),
+    plus counters of every event (also of those nobody listened to)."""
 
     def __init__(self) -> None:
-        self._hooks: dict[str, list[Hook]] = {}
+        self._hooks: dict[str, list[Hook]] = {}  # name, 'prefix.*' or '*' -> hooks
+        self._prefixes: tuple[str, ...] = ()  # 'flow.' for a hook on 'flow.*'
         self.counts: Counter[str] = Counter()
 
     def on(self, name: str, hook: Hook | None = None) -> Any:
-        """Register `hook` for events called `name` ('*' for every event); usable as decorator."""
+        """Register `hook` for events called `name`, for every event whose name starts with
+        `prefix.` ('prefix.*'), or for every event ('*'); usable as decorator."""
 
         def register(fn: Hook) -> Hook:
             self._hooks.setdefault(name, []).append(fn)
+            self._index()
             return fn
 
         return register(hook) if hook is not None else register
 
     def off(self, name: str, hook: Hook) -> None:
-        hooks = self._hooks.get(name, [])
-        if hook in hooks:
+        hooks = self._hooks.get(name)
+        if hooks is not None and hook in hooks:
             hooks.remove(hook)
+            if not hooks:  # no empty entries: `listening` stays exact (hot paths rely on it)
+                del self._hooks[name]
+            self._index()
+
+    def _index(self) -> None:
+        self._prefixes = tuple(n[:-1] for n in self._hooks if n.endswith(".*"))
 
     def listening(self, name: str) -> bool:
         """True when some hook wants `name` (lets hot paths skip building the event)."""
-        return name in self._hooks or "*" in self._hooks
+        hooks = self._hooks
+        if name in hooks or "*" in hooks:
+            return True
+        return any(name.startswith(p) for p in self._prefixes)
 
     def count(self, name: str) -> None:
         """Count an event nobody listens to without building it."""
         self.counts[name] += 1
 
+    def _hooks_for(self, name: str) -> tuple[Hook, ...]:
+        hooks = self._hooks
+        found = tuple(hooks.get(name, ()))
+        for prefix in self._prefixes:
+            if name.startswith(prefix):
+                found += tuple(hooks[prefix + "*"])
+        return found + tuple(hooks.get("*", ()))
+
     async def emit(self, event: Event) -> None:
         self.counts[event.name] += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s key=%s id=%s %s", event.name, event.key, event.session_id, event.data)
-        for hook in (*self._hooks.get(event.name, ()), *self._hooks.get("*", ())):
+        if not self._hooks:
+            return
+        for hook in self._hooks_for(event.name):
             try:
                 result = hook(event)
                 if inspect.isawaitable(result):
@@ -93,7 +116,9 @@ class EventBus:
     def emit_nowait(self, event: Event) -> None:
         """Emit from synchronous code (e.g. a store's eviction); async hooks are scheduled."""
         self.counts[event.name] += 1
-        for hook in (*self._hooks.get(event.name, ()), *self._hooks.get("*", ())):
+        if not self._hooks:
+            return
+        for hook in self._hooks_for(event.name):
             try:
                 result = hook(event)
                 if inspect.isawaitable(result):

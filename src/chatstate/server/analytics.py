@@ -50,7 +50,11 @@ class FunnelRecorder:
         self.store = manager.store
 
     def watch(self) -> None:
-        self.manager.events.on("*", self._on_event)
+        # Only the events it counts: a hook on '*' would make every commit build and await
+        # an event.
+        events = self.manager.events
+        for name in ("flow.*", ev.SESSION_CLOSED, ev.SESSION_EXPIRED):
+            events.on(name, self._on_event)
 
     async def _on_event(self, event: Event) -> None:
         name = event.name

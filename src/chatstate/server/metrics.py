@@ -67,28 +67,50 @@ class Metrics:
         self.chat_requests = Counter(
             "chatstate_chat_requests", "Chat requests by outcome", ["outcome"], registry=r
         )
+        # Children used on every chat request, looked up once.
+        self.chat_answered = self.chat_requests.labels("answered")
+        self.chat_rate_limited = self.chat_requests.labels("rate_limited")
         for status in Status:
             self.sessions.labels(status.value)
+        self._buses: list[EventBus] = []
+        self._counted: dict[str, int] = {}  # event name -> count already in `events`
 
     def watch(self, bus: EventBus) -> None:
-        bus.on("*", self._on_event)
+        """Count `bus`'s events. The counts are read from the bus's own counters at scrape time
+        (so no hook runs, and no event is built, on every commit); only the two events that
+        carry a measurement have hooks."""
+        self._buses.append(bus)
+        bus.on(ev.LEASE_WAIT, self._on_lease_wait)
+        bus.on(ev.LIFECYCLE_LAG, self._on_lag)
 
-    def _on_event(self, event: Event) -> None:
-        name = event.name
-        self.events.labels(name).inc()
-        if name == ev.SESSION_COMMITTED:
-            self.updates.inc()
-        elif name == ev.COMMIT_CONFLICT:
-            self.conflicts.inc()
-        elif name == ev.LEASE_WAIT:
-            self.lease_waits.inc()
-            seconds = event.data.get("seconds")
-            if isinstance(seconds, int | float):
-                self.lease_wait_seconds.observe(seconds)
-        elif name == ev.LIFECYCLE_LAG:
-            lag = event.data.get("seconds", event.data.get("lag"))
-            if isinstance(lag, int | float):
-                self.lifecycle_lag.set(lag)
+    def _on_lease_wait(self, event: Event) -> None:
+        seconds = event.data.get("seconds")
+        if isinstance(seconds, int | float):
+            self.lease_wait_seconds.observe(seconds)
+
+    def _on_lag(self, event: Event) -> None:
+        lag = event.data.get("seconds", event.data.get("lag"))
+        if isinstance(lag, int | float):
+            self.lifecycle_lag.set(lag)
+
+    def sync(self) -> None:
+        """Bring the event counters up to the watched buses' counts."""
+        totals: dict[str, int] = {}
+        for bus in self._buses:
+            for name, count in bus.counts.items():
+                totals[name] = totals.get(name, 0) + count
+        for name, total in totals.items():
+            delta = total - self._counted.get(name, 0)
+            if delta <= 0:
+                continue
+            self._counted[name] = total
+            self.events.labels(name).inc(delta)
+            if name == ev.SESSION_COMMITTED:
+                self.updates.inc(delta)
+            elif name == ev.COMMIT_CONFLICT:
+                self.conflicts.inc(delta)
+            elif name == ev.LEASE_WAIT:
+                self.lease_waits.inc(delta)
 
     def instrument(self, store: Store) -> None:
         """Time the store's calls, by wrapping the bound methods of this instance."""
@@ -121,6 +143,7 @@ class Metrics:
 
     async def render(self, store: Store) -> bytes:
         counts = await store.count()
+        self.sync()
         for status in Status:
             self.sessions.labels(status.value).set(counts.by_status.get(status.value, 0))
         out: bytes = generate_latest(self.registry)

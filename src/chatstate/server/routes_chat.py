@@ -46,7 +46,7 @@ def client_address(request: Request) -> str:
 def check_rate(rt: Runtime, who: str) -> None:
     wait = rt.limiter.take(who)
     if wait > 0:
-        rt.metrics.chat_requests.labels("rate_limited").inc()
+        rt.metrics.chat_rate_limited.inc()
         seconds = max(1, int(wait + 0.999))
         raise Problem(
             429, f"too many messages; wait {seconds} s before sending the next one "
@@ -85,7 +85,7 @@ async def chat_once(
         replies = as_outgoing(await bot.self_reply(incoming))
         record = await rt.manager.get(key)
     rt.metrics.chat_seconds.observe(time.perf_counter() - start)
-    rt.metrics.chat_requests.labels("answered").inc()
+    rt.metrics.chat_answered.inc()
     return ChatResult(user_id, replies, record, rt.clock.now())
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..engine import SessionManager
 from ..errors import ConfigurationError
-from ..events import Event
+from ..events import Event, EventBus
 from ..flows import Flow, FlowRunner
 from ..memory import Memory
 from ..model import FlowPosition, HistoryChanges, SessionKey, SessionRecord, Status
@@ -44,13 +44,26 @@ def flows_by_name(flows: FlowsArg) -> dict[str, Flow]:
 
 
 class EventHub:
-    """Fans the manager's events out to server-sent-event streams (dashboard and web chat)."""
+    """Fans the manager's events out to server-sent-event streams (dashboard and web chat).
 
-    def __init__(self, max_queue: int = 200) -> None:
+    It listens to the bus only while some stream is open: with nobody watching, commits build
+    no events at all."""
+
+    def __init__(self, bus: EventBus, max_queue: int = 200) -> None:
+        self.bus = bus
         self.max_queue = max_queue
         self._all: set[asyncio.Queue[Event]] = set()
         self._by_key: dict[str, set[asyncio.Queue[Event]]] = {}
+        self._listening = False
         self.closing = asyncio.Event()
+
+    def _follow(self) -> None:
+        wanted = bool(self._all or self._by_key)
+        if wanted and not self._listening:
+            self.bus.on("*", self.on_event)
+        elif not wanted and self._listening:
+            self.bus.off("*", self.on_event)
+        self._listening = wanted
 
     def on_event(self, event: Event) -> None:
         targets = list(self._all)
@@ -66,17 +79,19 @@ class EventHub:
             self._all.add(queue)
         else:
             self._by_key.setdefault(key, set()).add(queue)
+        self._follow()
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[Event], key: str | None = None) -> None:
         if key is None:
             self._all.discard(queue)
-            return
-        queues = self._by_key.get(key)
-        if queues is not None:
-            queues.discard(queue)
-            if not queues:
-                del self._by_key[key]
+        else:
+            queues = self._by_key.get(key)
+            if queues is not None:
+                queues.discard(queue)
+                if not queues:
+                    del self._by_key[key]
+        self._follow()
 
 
 class Runtime:
@@ -96,8 +111,7 @@ class Runtime:
         self.metrics.watch(manager.events)
         self.funnel = FunnelRecorder(manager)
         self.funnel.watch()
-        self.hub = EventHub()
-        manager.events.on("*", self.hub.on_event)
+        self.hub = EventHub(manager.events)
         self.limiter = RateLimiter(
             settings.chat_rate_per_minute, settings.chat_burst, self.clock
         )
