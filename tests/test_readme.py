@@ -47,11 +47,20 @@ def test_python_example_runs(index: int, tmp_path: Path) -> None:
         assert done.stdout == expected
 
 
+def cli_commands() -> set[str]:
+    from chatstate.cli import COMMANDS, build_parser
+
+    build_parser()  # imports the modules that register the subcommands
+    return set(COMMANDS)
+
+
 def test_opening_commands() -> None:
     shell = [code.strip() for lang, code in blocks() if lang == "sh"]
     run_main, run_tests = shell[0], shell[1]
-    assert run_main.endswith("chatstate demo")
+    # It installs everything and starts a real `chatstate` subcommand (the main job).
     assert "pip install -e '.[all]'" in run_main
+    main_job = run_main.rsplit("&&", 1)[1].split()
+    assert main_job[0] == ".venv/bin/chatstate" and main_job[1] in cli_commands()
     ci = (ROOT / ".ci" / "run").read_text()
     match = re.search(r'^TEST_COMMAND="(.*)"$', ci, re.M)
     assert match, ".ci/run must define TEST_COMMAND"
