@@ -19,6 +19,7 @@ from ..stores.url import open_store
 from . import problems, routes_chat, routes_compat, routes_ops, routes_sessions
 from .auth import Authenticator, Role
 from .bots import Bot, load_bot, make_bot
+from .fastchat import ChatFastPath
 from .runtime import FlowsArg, Runtime
 from .settings import Settings
 
@@ -169,6 +170,8 @@ def create_app(
     app.include_router(routes_chat.build(rt, role))
     app.include_router(routes_compat.build_001(rt, role))
     app.include_router(routes_compat.build_003(rt, role))
+    # Innermost first: the chat fast path runs inside the body limit (and CORS).
+    app.add_middleware(ChatFastPath, runtime=rt, auth=auth)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -93,6 +93,25 @@ class Authenticator:
             if not is_loopback(origin_host):
                 raise Problem(403, f"cross-site request from {origin} refused")
 
+    async def key_of(self, request: Request) -> str | None:
+        """The key `request` sends, read by the same security schemes as the dependency."""
+        bearer = await _bearer(request)
+        if bearer is not None:
+            return bearer.credentials
+        header_key: str | None = await _header(request)
+        return header_key
+
+    def admits(self, key: str | None, role: Role) -> bool:
+        """True when the dependency for `role` lets a request with `key` through on the key
+        alone (False for a refusal and for the open-local mode's host check: a caller taking
+        a shortcut leaves those to the dependency)."""
+        principal = self.identify(key)
+        if principal is not None:
+            return _allows(principal.role, role)
+        if key:
+            return False
+        return role is Role.PUBLIC or (role is Role.CHAT and not self.settings.chat_key)
+
     def dependency(self, role: Role) -> Callable[..., Awaitable[Principal]]:
         """A FastAPI dependency that lets the request through only with `role` (or better)."""
         settings = self.settings

@@ -8,6 +8,7 @@ routes just raise them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -119,46 +120,71 @@ def _validation_detail(errors: list[Any]) -> tuple[str, list[dict[str, Any]]]:
     return "; ".join(parts) or "the request is not valid", clean
 
 
+async def _problem(request: Request, exc: Problem) -> Response:
+    return problem_response(
+        exc.status, exc.detail, title=exc.title, instance=request.url.path,
+        headers=exc.headers, **exc.extra,
+    )
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route {request.url.path}; the API is described at /docs"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
+    return problem_response(
+        exc.status_code, detail, instance=request.url.path,
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+    detail, errors = _validation_detail(list(exc.errors()))
+    return problem_response(422, detail, instance=request.url.path, errors=errors)
+
+
+async def _library(request: Request, exc: ChatstateError) -> Response:
+    status, headers = status_for(exc)
+    if status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    return problem_response(status, str(exc), instance=request.url.path, headers=headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        500,
+        f"the server failed unexpectedly ({type(exc).__name__}); the details are in the "
+        "server log. Retry, and report it if it keeps happening",
+        instance=request.url.path,
+    )
+
+
+Handler = Callable[[Request, Any], Awaitable[Response]]
+
+# Answered where they are raised (Starlette's ExceptionMiddleware); anything else reaches
+# `_unexpected` through the outermost ServerErrorMiddleware.
+HANDLERS: dict[type[Exception], Handler] = {
+    Problem: _problem,
+    StarletteHTTPException: _http,
+    RequestValidationError: _invalid,
+    ChatstateError: _library,
+}
+
+
+def handler_for(exc: BaseException) -> Handler | None:
+    """The handler `install` registers for `exc`, looked up by class like Starlette does;
+    None for an error that only the catch-all (500) handler answers."""
+    for cls in type(exc).__mro__:
+        handler = HANDLERS.get(cls)
+        if handler is not None:
+            return handler
+    return None
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem document."""
-
-    @app.exception_handler(Problem)
-    async def _problem(request: Request, exc: Problem) -> Response:
-        return problem_response(
-            exc.status, exc.detail, title=exc.title, instance=request.url.path,
-            headers=exc.headers, **exc.extra,
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 404 and detail == "Not Found":
-            detail = f"no route {request.url.path}; the API is described at /docs"
-        elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
-        return problem_response(
-            exc.status_code, detail, instance=request.url.path,
-            headers=dict(exc.headers or {}),
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        detail, errors = _validation_detail(list(exc.errors()))
-        return problem_response(422, detail, instance=request.url.path, errors=errors)
-
-    @app.exception_handler(ChatstateError)
-    async def _library(request: Request, exc: ChatstateError) -> Response:
-        status, headers = status_for(exc)
-        if status >= 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return problem_response(status, str(exc), instance=request.url.path, headers=headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(
-            500,
-            f"the server failed unexpectedly ({type(exc).__name__}); the details are in the "
-            "server log. Retry, and report it if it keeps happening",
-            instance=request.url.path,
-        )
+    for cls, handler in HANDLERS.items():
+        app.add_exception_handler(cls, handler)
+    app.add_exception_handler(Exception, _unexpected)

@@ -170,31 +170,41 @@ async def sse(rt: Runtime, queue: asyncio.Queue[Event], request: Request) -> Asy
             yield b": keep-alive\n\n"
 
 
+async def answer_chat(
+    rt: Runtime, request: Request, message: str, given_user_id: str | None,
+    payload: str | None,
+) -> Response:
+    """`POST /v1/chat` for a validated body, by the route or by its fast path."""
+    user_id, new = resolve_user(rt, request, given_user_id)
+    check_rate(rt, f"ip:{client_address(request)}" if new else user_id)
+    if len(message) > rt.settings.max_message_chars:
+        raise Problem(
+            413, f"the message has {len(message)} characters; the limit is "
+            f"{rt.settings.max_message_chars}",
+        )
+    result = await chat_once(rt, user_id, message, payload)
+    replies = [reply_view(r) for r in result.replies]
+    body = {
+        "user_id": user_id,
+        "reply": "\n".join(r.text for r in result.replies if r.text),
+        "replies": replies,
+        "session": session_info(result),
+    }
+    # Encoded directly: this is the hot path, and the shape is ChatOut by construction.
+    response = Response(_json.encode(body), media_type="application/json")
+    if given_user_id is None:
+        set_user_cookie(rt, response, user_id)
+    return response
+
+
 def build(rt: Runtime, role: Any) -> APIRouter:
     router = APIRouter(tags=["chat"])
 
+    # The common request is answered by `fastchat.ChatFastPath` before routing; this route
+    # answers the rest (and describes the endpoint in the OpenAPI schema).
     @router.post("/v1/chat", response_model=ChatOut, **role(Role.CHAT))
     async def chat(body: ChatIn, request: Request) -> Any:
-        user_id, new = resolve_user(rt, request, body.user_id)
-        check_rate(rt, f"ip:{client_address(request)}" if new else user_id)
-        if len(body.message) > rt.settings.max_message_chars:
-            raise Problem(
-                413, f"the message has {len(body.message)} characters; the limit is "
-                f"{rt.settings.max_message_chars}",
-            )
-        result = await chat_once(rt, user_id, body.message, body.payload)
-        replies = [reply_view(r) for r in result.replies]
-        payload = {
-            "user_id": user_id,
-            "reply": "\n".join(r.text for r in result.replies if r.text),
-            "replies": replies,
-            "session": session_info(result),
-        }
-        # Encoded directly: this is the hot path, and the shape is ChatOut by construction.
-        response = Response(_json.encode(payload), media_type="application/json")
-        if body.user_id is None:
-            set_user_cookie(rt, response, user_id)
-        return response
+        return await answer_chat(rt, request, body.message, body.user_id, body.payload)
 
     @router.get(
         "/v1/chat/events", **role(Role.CHAT),
