@@ -29,7 +29,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -141,6 +141,10 @@ _FALSE = {"0", "false", "no", "off"}
 # ---------------------------------------------------------------------------------------------
 # The worker thread
 
+# What a write job raises on purpose, before it has written anything: the job fails alone and
+# the other jobs of its transaction go on. Any other exception rolls the transaction back.
+_REFUSALS = (ConflictError, LookupError)
+
 
 class _Job:
     __slots__ = ("fn", "future", "loop", "write")
@@ -158,8 +162,13 @@ class _Job:
         self.loop = loop
 
 
-def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, value, error in results:
+_Result = tuple[_Job, Any, BaseException | None]
+
+
+def _resolve(results: list[_Result]) -> None:
+    """Runs on the event loop: hand every result of one batch to its caller."""
+    for job, value, error in results:
+        future = job.future
         if future.done():
             continue  # the caller was cancelled; the job's effect (if a write) still stands
         if error is not None:
@@ -169,7 +178,9 @@ def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
 class _Worker(threading.Thread):
-    """Owns the connection; runs jobs in order, writes of one batch in one transaction."""
+    """Owns the write connection; runs jobs in order, the writes of one batch in one
+    transaction (group commit) without a SAVEPOINT per job: a write job either refuses before
+    writing (`_REFUSALS`) or its failure rolls the transaction back and the others run again."""
 
     def __init__(self, path: str, describe: str) -> None:
         super().__init__(name=f"chatstate-sqlite {describe}", daemon=True)
@@ -179,85 +190,107 @@ class _Worker(threading.Thread):
         self.conn: sqlite3.Connection | None = None
 
     def run(self) -> None:
+        get, get_nowait = self.jobs.get, self.jobs.get_nowait
         stop = False
         while not stop:
-            job = self.jobs.get()
+            job = get()
             if job is None:
                 break
             batch = [job]
+            # Everything already queued joins this transaction (one commit for all of them).
             while len(batch) < MAX_BATCH:
                 try:
-                    more = self.jobs.get_nowait()
+                    more = get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
                     stop = True
                     break
                 batch.append(more)
-            self._run_batch(batch)
+            results: list[_Result] = []
+            self._run_batch(batch, results)
+            self._deliver(results)
         if self.conn is not None:
             self.conn.close()
             self.conn = None
 
-    def _run_batch(self, batch: list[_Job]) -> None:
-        conn = self.conn
-        results: list[tuple[_Job, Any, BaseException | None]] = []
-        tx_error: BaseException | None = None
-        in_tx = False
-        if conn is not None and any(job.write for job in batch):
+    @staticmethod
+    def _deliver(results: list[_Result]) -> None:
+        """One wake-up of the event loop per batch (per loop, when several loops use one store)."""
+        loop = results[0][0].loop
+        if all(r[0].loop is loop for r in results):
+            groups = [(loop, results)]
+        else:
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Result]] = {}
+            for r in results:
+                by_loop.setdefault(r[0].loop, []).append(r)
+            groups = list(by_loop.items())
+        for target, items in groups:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                in_tx = True
-            except sqlite3.Error as exc:
-                tx_error = self._unavailable(exc)
-        for job in batch:
-            if job.write and conn is not None:
-                if not in_tx:
-                    results.append((job, None, tx_error))
-                    continue
-                try:
-                    conn.execute("SAVEPOINT job")
-                except sqlite3.Error as exc:
-                    results.append((job, None, self._unavailable(exc)))
-                    continue
-                try:
-                    value = job.fn(conn)
-                except BaseException as exc:
-                    try:
-                        conn.execute("ROLLBACK TO job")
-                        conn.execute("RELEASE job")
-                    except sqlite3.Error:
-                        pass  # the whole transaction is gone; COMMIT below reports it
-                    results.append((job, None, self._translate(exc)))
-                else:
-                    conn.execute("RELEASE job")
-                    results.append((job, value, None))
-            else:
+                target.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:
+                pass  # that event loop is closed: nobody is waiting any more
+
+    def _run_batch(self, batch: list[_Job], results: list[_Result]) -> None:
+        conn = self.conn
+        if conn is None or not any(job.write for job in batch):
+            for job in batch:
                 try:
                     results.append((job, job.fn(conn), None))  # type: ignore[arg-type]
                 except BaseException as exc:
                     results.append((job, None, self._translate(exc)))
-        if in_tx and conn is not None:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = self._unavailable(exc)
+            for job in batch:
+                if job.write:
+                    results.append((job, None, error))
+                else:
+                    self._run_batch([job], results)
+            return
+        done: list[_Result] = []
+        for index, job in enumerate(batch):
             try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                error = self._unavailable(exc)
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                results = [
-                    (job, None, error) if job.write and err is None else (job, value, err)
-                    for job, value, err in results
-                ]
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for job, value, err in results:
-            by_loop.setdefault(job.loop, []).append((job.future, value, err))
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_resolve, items)
-            except RuntimeError:
-                pass  # that event loop is closed: nobody is waiting any more
+                done.append((job, job.fn(conn), None))
+            except _REFUSALS as exc:
+                done.append((job, None, exc))  # refused before writing: the others go on
+            except BaseException as exc:
+                self._rollback(conn)
+                if isinstance(exc, sqlite3.Error):
+                    # The database failed (disk, lock): none of this batch's writes happened.
+                    error = self._unavailable(exc)
+                    for j, value, err in done:
+                        results.append((j, None, error) if j.write else (j, value, err))
+                    results.append((job, None, error))
+                    for j in batch[index + 1:]:
+                        if j.write:
+                            results.append((j, None, error))
+                        else:
+                            self._run_batch([j], results)
+                    return
+                # A job failed unexpectedly, perhaps halfway: run the others again without it.
+                results.append((job, None, exc))
+                others = [j for j in batch if j is not job]
+                if others:
+                    self._run_batch(others, results)
+                return
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            error = self._unavailable(exc)
+            done = [(j, None, error) if j.write and err is None else (j, v, err)
+                    for j, v, err in done]
+        results.extend(done)
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite already rolled back (e.g. after an I/O error)
 
     def _translate(self, exc: BaseException) -> BaseException:
         return self._unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
@@ -551,61 +584,59 @@ class SQLiteStore(Store):
         release: bool = False,
         history: HistoryChanges | None = None,
     ) -> None:
-        # Encode in the caller: bad data raises before anything reaches the database.
+        # Encode in the caller: bad data raises before anything reaches the database, and the
+        # worker thread (which needs the GIL for Python work) only runs SQL.
         row = self._row(record)
         key, rid, version = record.key, record.id, record.version
-        appended = (
-            [
-                (rid, m.seq, m.tokens, self.codec.encode_message(m), m.text if self._fts else None)
-                for m in history.append
-            ]
-            if history
-            else []
-        )
-        summaries = (
-            [(rid, s.end_seq, s.start_seq, self.codec.encode_summary(s)) for s in history.summaries]
-            if history
-            else []
-        )
-        drop_through = history.drop_messages_through if history else None
-        drop_summaries = bool(history and history.drop_summaries)
+        changes = self._history_rows(rid, history) if history else None
         clock = self.clock
         fts = self._fts
+        fast = expected > 0 and version == expected + 1
+        if lease is None:
+            cas, cas_params = _CAS_UPDATE, (*row, expected)
+        else:
+            lease_params = (lease.key, lease.owner, lease.token)
+            cas, cas_params = _CAS_UPDATE_LEASED, (*row, expected, *lease_params)
 
         def job(conn: sqlite3.Connection) -> None:
-            if lease is not None:
-                # Check (and, with `release`, give back) the lease in one statement; a failed
-                # compare-and-set below rolls the release back with the rest of this commit.
-                _check_lease(conn, lease, clock.now(), release)
-            current = conn.execute(
-                "SELECT id, version FROM sessions WHERE key = ? AND current = 1", (key,)
-            ).fetchone()
-            actual = current[1] if current is not None else 0
-            if actual != expected or version != expected + 1:
-                raise ConflictError(key, expected, None if current is None else actual)
-            if current is not None and current[0] != rid:
-                # A new session of this key: the finished one stays, by id, with its history.
-                conn.execute("UPDATE sessions SET current = 0 WHERE id = ?", (current[0],))
-            conn.execute(_UPSERT_SESSION, row)
-            if drop_summaries:
-                conn.execute("DELETE FROM summaries WHERE session_id = ?", (rid,))
-            if drop_through is not None:
-                _delete_messages(conn, fts, "session_id = ? AND seq <= ?", (rid, drop_through))
-            for sid, seq, tokens, blob, text in appended:
-                (rowid,) = conn.execute(_UPSERT_MESSAGE, (sid, seq, tokens, blob)).fetchone()
-                if text is not None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO messages_fts (rowid, body) VALUES (?, ?)",
-                        (rowid, text),
-                    )
-            if summaries:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO summaries (session_id, end_seq, start_seq, blob) "
-                    "VALUES (?, ?, ?, ?)",
-                    summaries,
-                )
+            now = clock.now() if lease is not None else 0.0
+            # The common case in one statement: same session, expected version (and lease held).
+            if fast and conn.execute(cas, (*cas_params, now) if lease else cas_params).rowcount:
+                pass
+            else:
+                # Nothing written yet: find out why, refuse, or write a new session.
+                if lease is not None and not conn.execute(
+                    _LEASE_HELD, (*lease_params, now)
+                ).fetchall():
+                    raise LeaseLost(lease.key, lease.token)
+                current = conn.execute(
+                    "SELECT id, version FROM sessions WHERE key = ? AND current = 1", (key,)
+                ).fetchall()
+                actual = current[0][1] if current else 0
+                if actual != expected or version != expected + 1:
+                    raise ConflictError(key, expected, actual if current else None)
+                if current and current[0][0] != rid:
+                    # A new session of this key: the finished one stays, by id, with history.
+                    conn.execute("UPDATE sessions SET current = 0 WHERE id = ?", (current[0][0],))
+                conn.execute(_UPSERT_SESSION, row)
+            if lease is not None and release:
+                conn.execute(_RELEASE_LEASE, (lease.key, lease.token))
+            if changes is not None:
+                _write_history(conn, fts, rid, changes)
 
         await self._run(job, write=True)
+
+    def _history_rows(self, rid: str, history: HistoryChanges) -> _HistoryRows:
+        encode_message, encode_summary = self.codec.encode_message, self.codec.encode_summary
+        return _HistoryRows(
+            messages=[(rid, m.seq, m.tokens, encode_message(m)) for m in history.append],
+            texts=[(rid, m.seq, m.text) for m in history.append] if self._fts else [],
+            summaries=[
+                (rid, s.end_seq, s.start_seq, encode_summary(s)) for s in history.summaries
+            ],
+            drop_through=history.drop_messages_through,
+            drop_summaries=bool(history.drop_summaries),
+        )
 
     def _row(self, record: SessionRecord) -> tuple[Any, ...]:
         blob = self.codec.encode(record)
@@ -895,16 +926,14 @@ class SQLiteStore(Store):
 
         def job(conn: sqlite3.Connection) -> tuple[Lease | None, bytes | None]:
             now = clock.now()
-            # One statement takes a free (or expired, or own) lease and bumps the key's token;
-            # it returns nothing when another owner holds the key.
-            taken = conn.execute(_TAKE_LEASE, (key, owner, now + ttl, now)).fetchone()
-            if taken is None:
+            # One statement takes a free (or expired, or own) lease, bumps the key's token and
+            # returns the current record; it returns nothing when another owner holds the key.
+            taken = conn.execute(_TAKE_LEASE, (key, owner, now + ttl, now)).fetchall()
+            if not taken:
                 return None, None
-            lease = Lease(key=key, owner=owner, token=int(taken[0]), expires_at=now + ttl)
-            row = conn.execute(
-                "SELECT blob FROM sessions WHERE key = ? AND current = 1", (key,)
-            ).fetchone()
-            return lease, None if row is None else bytes(row[0])
+            token, blob = taken[0]
+            lease = Lease(key=key, owner=owner, token=int(token), expires_at=now + ttl)
+            return lease, None if blob is None else bytes(blob)
 
         lease, raw = await self._run(job, write=True)
         if raw is None:
@@ -983,38 +1012,69 @@ ON CONFLICT (id) DO UPDATE SET
 
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (session_id, seq, tokens, blob) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (session_id, seq) DO UPDATE SET tokens = excluded.tokens, blob = excluded.blob "
-    "RETURNING rowid"
+    "ON CONFLICT (session_id, seq) DO UPDATE SET tokens = excluded.tokens, blob = excluded.blob"
 )
+_INDEX_MESSAGE = (
+    "INSERT OR REPLACE INTO messages_fts (rowid, body) "
+    "SELECT rowid, ?3 FROM messages WHERE session_id = ?1 AND seq = ?2"
+)
+_UPSERT_SUMMARY = (
+    "INSERT OR REPLACE INTO summaries (session_id, end_seq, start_seq, blob) VALUES (?, ?, ?, ?)"
+)
+
+# Compare-and-set of the current record in one statement. Parameters: the `_row` tuple (?1-?21,
+# the order of _UPSERT_SESSION), the expected version (?22) and, leased, the lease's key, owner
+# and token (?23-?25) and the store's time (?26). The key, `current` and id are not assigned, so
+# the index of current records is left alone.
+_CAS_SET = """
+UPDATE sessions SET
+    status = ?3, platform = ?4, scope = ?5, flow = ?6, step = ?7, created_at = ?8,
+    last_activity = ?9, expires_at = ?10, warn_at = ?11, purge_at = ?12, close_reason = ?13,
+    messages = ?14, tokens = ?15, labels = ?16, version = ?17, blob = ?18, due_warn = ?19,
+    due_expire = ?20, due_purge = ?21
+WHERE id = ?1 AND key = ?2 AND current = 1 AND version = ?22"""
+_CAS_UPDATE = _CAS_SET
+_CAS_UPDATE_LEASED = _CAS_SET + """
+    AND EXISTS (SELECT 1 FROM leases WHERE key = ?23 AND owner = ?24 AND token = ?25
+                AND expires_at > ?26)"""
 
 
 # A lease row stays after release (expired), so that the key's fencing token keeps growing.
+# Taking the lease returns the current record too: lease and load in one statement.
 _TAKE_LEASE = """
 INSERT INTO leases (key, owner, token, expires_at) VALUES (?1, ?2, 1, ?3)
 ON CONFLICT (key) DO UPDATE SET
     owner = excluded.owner, token = leases.token + 1, expires_at = excluded.expires_at
     WHERE leases.expires_at <= ?4 OR leases.owner = excluded.owner
-RETURNING token
+RETURNING token, (SELECT blob FROM sessions WHERE key = ?1 AND current = 1)
 """
 _RELEASE_LEASE = "UPDATE leases SET expires_at = 0 WHERE key = ? AND token = ?"
+_LEASE_HELD = (
+    "SELECT 1 FROM leases WHERE key = ? AND owner = ? AND token = ? AND expires_at > ?"
+)
 
 
-def _check_lease(conn: sqlite3.Connection, lease: Lease, now: float, release: bool) -> None:
-    params = (lease.key, lease.owner, lease.token, now)
-    if release:
-        held = conn.execute(
-            "UPDATE leases SET expires_at = 0 "
-            "WHERE key = ? AND owner = ? AND token = ? AND expires_at > ?",
-            params,
-        ).rowcount
-    else:
-        held = conn.execute(
-            "SELECT COUNT(*) FROM leases "
-            "WHERE key = ? AND owner = ? AND token = ? AND expires_at > ?",
-            params,
-        ).fetchone()[0]
-    if not held:
-        raise LeaseLost(lease.key, lease.token)
+class _HistoryRows(NamedTuple):
+    """History changes of one commit, encoded by the caller."""
+
+    messages: builtins.list[tuple[str, int, int, bytes]]
+    texts: builtins.list[tuple[str, int, str]]  # for the keyword index (empty without FTS)
+    summaries: builtins.list[tuple[str, int, int, bytes]]
+    drop_through: int | None
+    drop_summaries: bool
+
+
+def _write_history(conn: sqlite3.Connection, fts: bool, rid: str, rows: _HistoryRows) -> None:
+    if rows.drop_summaries:
+        conn.execute("DELETE FROM summaries WHERE session_id = ?", (rid,))
+    if rows.drop_through is not None:
+        _delete_messages(conn, fts, "session_id = ? AND seq <= ?", (rid, rows.drop_through))
+    if rows.messages:
+        conn.executemany(_UPSERT_MESSAGE, rows.messages)
+        if rows.texts:
+            conn.executemany(_INDEX_MESSAGE, rows.texts)
+    if rows.summaries:
+        conn.executemany(_UPSERT_SUMMARY, rows.summaries)
 
 
 def _delete_messages(
