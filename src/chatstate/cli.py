@@ -55,6 +55,8 @@ COMMAND_MODULES: list[str] = [
     "chatstate.cli_demo",
     "chatstate.cli_sessions",
     "chatstate.cli_admin",
+    "chatstate.cli_worker",
+    "chatstate.server.cli",
 ]
 
 
