@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 from .cli import add_store_option, command
 
@@ -36,7 +37,7 @@ async def worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.hooks and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # the bot's own modules, as `--hooks` promises
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if args.no_restore:
         options["restore"] = False
     if args.batch is not None:
