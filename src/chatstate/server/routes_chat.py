@@ -61,7 +61,7 @@ async def chat_once(
     """One user message answered by the bot, in one session update."""
     start = time.perf_counter()
     platform = rt.settings.chat_platform
-    key = SessionKey.user(platform, user_id)
+    key = rt.chat_key(user_id)
     now = rt.clock.now()
     incoming = Incoming.from_text(
         text, platform=platform, user_id=user_id, chat_id=user_id, timestamp=now
@@ -76,9 +76,9 @@ async def chat_once(
         async with rt.manager.session(key) as s:
             rt.memory.stage(s, Message(role="user", content=text))
             replies = as_outgoing(await bot.session_reply(s, incoming))
-            for reply in replies:
-                if reply.text:
-                    rt.memory.stage(s, Message(role="assistant", content=reply.text))
+            answers = [Message(role="assistant", content=r.text) for r in replies if r.text]
+            if answers:
+                rt.memory.stage(s, *answers)
             record = s.record
     else:
         assert bot.self_reply is not None

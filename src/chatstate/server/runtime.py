@@ -30,6 +30,8 @@ from .settings import Settings
 
 log = logging.getLogger("chatstate.server")
 
+CHAT_KEYS_KEPT = 10_000
+
 FlowsArg = FlowRunner | Mapping[str, Flow] | Iterable[Flow] | None
 
 
@@ -120,6 +122,17 @@ class Runtime:
         )
         self.lifecycle = lifecycle
         self.ready = False
+        self._chat_keys: dict[str, SessionKey] = {}
+
+    def chat_key(self, user_id: str) -> SessionKey:
+        """The session key of a chat user (built once per user: building validates it)."""
+        key = self._chat_keys.get(user_id)
+        if key is None:
+            key = SessionKey.user(self.settings.chat_platform, user_id)
+            if len(self._chat_keys) >= CHAT_KEYS_KEPT:
+                self._chat_keys.clear()  # a cache: rebuilt as users come back
+            self._chat_keys[user_id] = key
+        return key
 
     # -- lifetime ---------------------------------------------------------------------------
 
