@@ -293,15 +293,26 @@ def run_discord(token: str) -> None:  # pragma: no cover - needs a Discord token
     asyncio.run(main())
 
 
-def run_telegram(token: str) -> None:  # pragma: no cover - needs a Telegram token
+def build_telegram_application(
+    token: str, manager: SessionManager, bot: AgentBot, *, base_url: str | None = None
+) -> Any:
+    """The PTB Application: one session per chat (seed 001's per-chat sessions), updates of a
+    chat handled in order even with concurrent updates on."""
     from telegram.ext import ApplicationBuilder
 
     from chatstate.adapters.telegram import TelegramAdapter
 
+    builder = ApplicationBuilder().token(token).concurrent_updates(True)
+    if base_url:
+        builder = builder.base_url(base_url)
+    app = builder.build()
+    TelegramAdapter(manager, bot, scope="chat").install(app)
+    return app
+
+
+def run_telegram(token: str) -> None:  # pragma: no cover - needs a Telegram token
     manager = build_manager(os.environ.get("CHATSTATE_STORE", "sqlite:///seed001.db"))
-    app = ApplicationBuilder().token(token).concurrent_updates(True).build()
-    TelegramAdapter(manager, AgentBot(manager), scope="chat").install(app)
-    app.run_polling()
+    build_telegram_application(token, manager, AgentBot(manager)).run_polling()
 
 
 async def terminal() -> None:  # pragma: no cover - interactive
