@@ -345,3 +345,13 @@ async def test_staged_history_commits_with_the_record(manager: SessionManager) -
     assert [(m.seq, m.content) for m in tail] == [(1, "one"), (2, "two"), (3, "three")]
     record = await manager.get(KEY)
     assert record is not None and record.counters.last_seq == 3
+
+
+async def test_store_events_reach_the_managers_hooks(clock: FakeClock) -> None:
+    manager = SessionManager(MemoryStore(max_sessions=2), clock=clock)
+    seen = recorder(manager)
+    for user in range(3):
+        async with manager.session(SessionKey.user("telegram", user)):
+            pass
+    await asyncio.sleep(0)  # async hooks of a synchronous store event are scheduled
+    assert ev.SESSION_EVICTED in [e.name for e in seen]

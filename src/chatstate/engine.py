@@ -83,6 +83,11 @@ class SessionManager:
                 self.store.clock = clock
         self.policy = policy or LifecyclePolicy()
         self.events = events or EventBus()
+        store_events = getattr(self.store, "events", None)
+        if isinstance(store_events, EventBus) and store_events is not self.events:
+            # A store's own announcements (e.g. MemoryStore's `session.evicted`) reach the
+            # manager's hooks too.
+            store_events.on("*", self.events.emit)
         self.keep_on_reset = tuple(keep_on_reset)
         self.max_consecutive_errors = max_consecutive_errors
         self.lock_timeout = lock_timeout
