@@ -587,3 +587,97 @@ async def test_an_unreadable_record_is_quarantined_and_the_key_freed(schema: str
         assert record is not None and record.data == {"n": 2}
     finally:
         await manager.aclose()
+
+
+# -- the connection pool (no server: fake connections) ----------------------------------------
+
+
+class FakeConnection:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.closed = False
+        self.in_transaction = False
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def is_in_transaction(self) -> bool:
+        return self.in_transaction
+
+    def terminate(self) -> None:
+        self.closed = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def fake_pool(min_size: int = 0, max_size: int = 2) -> tuple[Any, list[FakeConnection]]:
+    from chatstate.stores.postgres_pool import ConnectionPool
+
+    opened: list[FakeConnection] = []
+
+    async def connect() -> FakeConnection:
+        await asyncio.sleep(0)
+        opened.append(FakeConnection(len(opened)))
+        return opened[-1]
+
+    return ConnectionPool(connect, min_size=min_size, max_size=max_size), opened
+
+
+async def test_the_pool_reuses_idle_connections_and_stays_within_its_bound() -> None:
+    pool, opened = fake_pool(min_size=1, max_size=2)
+    await pool.start()
+    assert len(opened) == 1 and pool.idle == 1
+    first = pool.try_acquire()
+    assert first is opened[0] and pool.try_acquire() is None
+    second = await pool.acquire(1.0)  # opens the second
+    assert second is opened[1] and pool.size == 2
+    # Exhausted: a waiter gets the next connection given back, in arrival order.
+    waiters = [asyncio.ensure_future(pool.acquire(1.0)) for _ in range(2)]
+    await asyncio.sleep(0)
+    pool.release(first)
+    assert await waiters[0] is first
+    pool.release(second)
+    assert await waiters[1] is second
+    with pytest.raises(TimeoutError):
+        await pool.acquire(0.01)
+    assert pool.size == 2 and len(opened) == 2
+
+
+async def test_the_pool_replaces_broken_connections_and_hands_over_on_timeout() -> None:
+    pool, opened = fake_pool(max_size=1)
+    conn = await pool.acquire(1.0)
+    waiter = asyncio.ensure_future(pool.acquire(1.0))
+    await asyncio.sleep(0)
+    pool.discard(conn)  # broken: closed, and its slot goes to the waiter, who opens a new one
+    pool.release(conn)
+    fresh = await waiter
+    assert fresh is opened[1] and not fresh.closed and pool.size == 1
+    fresh.in_transaction = True  # left dirty: terminated rather than reused
+    pool.release(fresh)
+    assert fresh.closed and pool.size == 0 and pool.idle == 0
+    # A waiter that times out while a connection is being handed over passes it on.
+    conn = await pool.acquire(1.0)
+    slow = asyncio.ensure_future(pool.acquire(0.05))
+    await asyncio.sleep(0)
+    pool.release(conn)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    assert pool.idle == 1 and pool.try_acquire() is conn
+
+
+async def test_a_closed_pool_fails_waiters_and_terminates_returned_connections() -> None:
+    from chatstate.stores.postgres_pool import PoolClosed
+
+    pool, opened = fake_pool(max_size=1)
+    conn = await pool.acquire(1.0)
+    waiter = asyncio.ensure_future(pool.acquire(1.0))
+    await asyncio.sleep(0)
+    await pool.close(1.0)
+    with pytest.raises(PoolClosed):
+        await waiter
+    pool.release(conn)
+    assert conn.closed and pool.size == 0
+    with pytest.raises(PoolClosed):
+        await pool.acquire(1.0)

@@ -22,8 +22,9 @@ is the fastest Python driver by a wide margin. psycopg 3's advantages (pgbouncer
 mode without prepared statements, sync API, COPY ergonomics) do not matter here.
 
 How an update costs two round trips: ``lease_and_load`` and ``commit`` each call one plpgsql
-function (see `postgres_schema`), and the pool releases connections without asyncpg's reset
-query (the store never leaves session state behind: no LISTEN, advisory locks or SET).
+function (see `postgres_schema`), and connections go back to the store's own pool
+(`postgres_pool`) without a reset query (the store never leaves session state behind: no
+LISTEN, advisory locks or SET) and without asyncpg.Pool's per-checkout Python overhead.
 
 Faults: every call is bounded by ``command_timeout``; connection loss, a terminated backend, a
 restarting server or a full server raise `StoreUnavailable`. Reads are retried with backoff,
@@ -69,6 +70,7 @@ from .base import (
     Store,
     corrupt_with_lease,
 )
+from .postgres_pool import ConnectionPool, PoolClosed
 
 try:
     import asyncpg
@@ -120,23 +122,6 @@ def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, pgerr.InternalClientError):
         return True
     return isinstance(exc, pgerr.InterfaceError) and "closed" in str(exc)
-
-
-def _discard(conn: Any) -> None:
-    """Close a broken pooled connection so that the pool never hands it out again (it opens a
-    new one on demand). asyncpg may have detached a dead connection from the pool already."""
-    try:
-        conn.terminate()
-    except pgerr.InterfaceError:
-        pass
-
-
-class _Connection(asyncpg.Connection):
-    """A pooled connection released without asyncpg's reset query (one round trip saved per
-    operation). Safe because the store keeps no session state on its connections."""
-
-    def get_reset_query(self) -> str:
-        return ""
 
 
 def _jsonb_encode(value: bytes | str) -> bytes:
@@ -313,7 +298,7 @@ class PostgresStore(Store):
         self.migrate = migrate
         self.application_name = application_name
         self.clock = clock
-        self._pool: Any = None
+        self._pool: ConnectionPool | None = None
         self._open_lock = asyncio.Lock()
         self._closed = False
         parts = urlsplit(dsn)
@@ -448,7 +433,7 @@ class PostgresStore(Store):
     async def open(self) -> None:
         await self._ready()
 
-    async def _ready(self) -> Any:
+    async def _ready(self) -> ConnectionPool:
         pool = self._pool
         if pool is not None:
             return pool
@@ -456,38 +441,46 @@ class PostgresStore(Store):
             if self._pool is not None:
                 return self._pool
             self._closed = False
+            pool = ConnectionPool(
+                self._connect, min_size=self.pool_min_size, max_size=self.pool_max_size,
+                max_idle=300.0,
+            )
             try:
-                pool = await asyncpg.create_pool(
-                    self.dsn,
-                    min_size=self.pool_min_size,
-                    max_size=self.pool_max_size,
-                    # The server gives up first (statement_timeout: a clean error, and it also
-                    # stops a statement whose client is gone); the client-side timeout is the
-                    # backstop for a server or network that does not answer at all.
-                    command_timeout=self.command_timeout + _CLIENT_TIMEOUT_MARGIN,
-                    timeout=self.connect_timeout,
-                    init=_init_connection,
-                    connection_class=_Connection,
-                    max_inactive_connection_lifetime=300.0,
-                    # jit off: JIT compilation only slows the store's small statements down.
-                    server_settings={
-                        "application_name": self.application_name,
-                        "jit": "off",
-                        "statement_timeout": str(max(1, round(self.command_timeout * 1000))),
-                    },
-                )
-            except _UNAVAILABLE as exc:
-                raise self._unavailable(exc) from exc
-            try:
-                async with pool.acquire(timeout=self.connect_timeout) as conn:
+                await pool.start()
+                conn = await pool.acquire(self.connect_timeout)
+                try:
                     await self._check_schema(conn)
+                finally:
+                    pool.release(conn)
             except BaseException as exc:
-                await pool.close()
+                pool.terminate()
                 if _is_unavailable(exc):
                     raise self._unavailable(exc) from exc
                 raise
             self._pool = pool
             return pool
+
+    async def _connect(self) -> Any:
+        conn = await asyncpg.connect(
+            self.dsn,
+            timeout=self.connect_timeout,
+            # The server gives up first (statement_timeout: a clean error, and it also stops a
+            # statement whose client is gone); the client-side timeout is the backstop for a
+            # server or network that does not answer at all.
+            command_timeout=self.command_timeout + _CLIENT_TIMEOUT_MARGIN,
+            # jit off: JIT compilation only slows the store's small statements down.
+            server_settings={
+                "application_name": self.application_name,
+                "jit": "off",
+                "statement_timeout": str(max(1, round(self.command_timeout * 1000))),
+            },
+        )
+        try:
+            await _init_connection(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
     async def _check_schema(self, conn: Any) -> None:
         table = f"{self._q}.{schema_sql.MIGRATIONS_TABLE}"
@@ -505,10 +498,7 @@ class PostgresStore(Store):
         pool, self._pool = self._pool, None
         self._closed = True
         if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), timeout=self.command_timeout)
-            except TimeoutError:
-                pool.terminate()
+            await pool.close(self.command_timeout)
 
     async def ping(self) -> None:
         await self._read("ping", lambda c: c.fetchval(self._sql["ping"]))
@@ -537,43 +527,54 @@ class PostgresStore(Store):
         attempt = 0
         while True:
             attempt += 1
-            try:
-                pool = await self._ready()
-                conn = await pool.acquire(timeout=self.connect_timeout)
-            except StoreUnavailable:
-                if attempt > acquire_retries:
-                    raise
-                await asyncio.sleep(delay)
-                delay *= 4
-                continue
-            except BaseException as exc:
-                if not _is_unavailable(exc):
-                    raise
-                if attempt > acquire_retries:
+            # The hot path: an open pool with an idle connection, taken without awaiting.
+            pool = self._pool
+            conn = pool.try_acquire() if pool is not None else None
+            if conn is None:
+                try:
+                    pool = await self._ready()
+                    conn = await pool.acquire(self.connect_timeout)
+                except StoreUnavailable:
+                    if attempt > acquire_retries:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay *= 4
+                    continue
+                except PoolClosed as exc:
                     raise self._unavailable(exc) from exc
-                log.debug("postgres %s: acquiring a connection failed (%s), retrying", op, exc)
-                await asyncio.sleep(delay)
-                delay *= 4
-                continue
+                except BaseException as exc:
+                    if not _is_unavailable(exc):
+                        raise
+                    if attempt > acquire_retries:
+                        raise self._unavailable(exc) from exc
+                    log.debug("postgres %s: acquiring a connection failed (%s), retrying", op, exc)
+                    await asyncio.sleep(delay)
+                    delay *= 4
+                    continue
+            assert pool is not None
             try:
                 return await fn(conn)
-            except BaseException as exc:
+            except pgerr.PostgresError as exc:
+                # A server error leaves the connection usable, unless the server is going away.
                 if not _is_unavailable(exc):
                     raise
-                _discard(conn)
+                pool.discard(conn)
+                if attempt > retries:
+                    raise self._unavailable(exc) from exc
+                log.debug("postgres %s failed (%s), retrying", op, exc)
+            except BaseException as exc:
+                # Anything else (the connection died, a client-side timeout or a cancellation
+                # mid-statement) leaves the connection in an unknown protocol state: close it.
+                pool.discard(conn)
+                if not _is_unavailable(exc):
+                    raise
                 if attempt > retries:
                     raise self._unavailable(exc) from exc
                 log.debug("postgres %s failed (%s), retrying", op, exc)
             finally:
-                await self._release(pool, conn)
+                pool.release(conn)
             await asyncio.sleep(delay)
             delay *= 4
-
-    async def _release(self, pool: Any, conn: Any) -> None:
-        try:
-            await pool.release(conn, timeout=self.command_timeout)
-        except Exception as exc:  # a broken connection: the pool replaces it
-            log.debug("postgres: releasing a broken connection (%s)", exc)
 
     def _read(self, op: str, fn: Callable[[Any], Awaitable[T]]) -> Awaitable[T]:
         return self._run(op, fn, retries=self.read_retries)
