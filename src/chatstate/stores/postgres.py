@@ -907,9 +907,10 @@ class PostgresStore(Store):
             "lease_and_load",
             lambda c: c.fetchrow(self._sql["lease_and_load"], key, owner, float(ttl), self._now()),
         )
-        if row is None:
+        token = row["o_token"]
+        if token is None:
             return None, None
-        lease = Lease(key=key, owner=owner, token=row["o_token"], expires_at=row["o_expires_at"])
+        lease = Lease(key=key, owner=owner, token=token, expires_at=row["o_expires_at"])
         raw = row["o_record"]
         if raw is None:
             return lease, None

@@ -441,11 +441,182 @@ END
 $$;
 """
 
+# Version 4: cheaper round trips (profiled with auto_explain and pg_stat_statements: the v3
+# commit spent ~160 us of server time against ~40 us for a raw SELECT + UPSERT).
+#
+# * commit_session tries a fast path first: one UPDATE of the current row guarded by the id,
+#   the expected version and (in the same WHERE) the lease, then the history rows and the lease
+#   release. No SELECT ... FOR UPDATE before it (which also wrote a heap LOCK WAL record), no
+#   separate lease lock statement. Anything else (a new session, a conflict, a lost lease, a
+#   retried commit, drops) finds no row there, has written nothing, and takes the version 3
+#   path unchanged. Lock order stays session row, then lease row.
+#   An expired lease taken over between the guard and the end of the commit cannot lose an
+#   update: the taker loaded the version this commit replaces, so its own commit conflicts.
+# * lease_and_load returns exactly one row (o_token NULL when another owner holds the lease)
+#   through OUT parameters instead of a set-returning RETURN NEXT.
+_V4_LEASE_AND_LOAD = (
+    "DROP FUNCTION {schema}.lease_and_load(text, text, float8, float8);",
+    """
+CREATE FUNCTION {schema}.lease_and_load(p_key text, p_owner text, p_ttl float8, p_now float8,
+    OUT o_token bigint, OUT o_expires_at float8, OUT o_record jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now float8 := coalesce(p_now, extract(epoch FROM clock_timestamp()));
+BEGIN
+    INSERT INTO {schema}.leases AS l (key, owner, token, expires_at)
+    VALUES (p_key, p_owner, nextval('{schema}.lease_token'), v_now + p_ttl)
+    ON CONFLICT (key) DO UPDATE
+        SET owner = excluded.owner, token = excluded.token, expires_at = excluded.expires_at
+        WHERE l.expires_at <= v_now OR l.owner = excluded.owner
+    RETURNING l.token, l.expires_at INTO o_token, o_expires_at;
+    IF FOUND THEN
+        -- A statement of its own: a fresh snapshot sees what the previous holder committed.
+        SELECT s.record INTO o_record FROM {schema}.sessions s
+            WHERE s.key = p_key AND s.is_current;
+    END IF;
+END
+$$;
+""",
+)
+
+_V4_COMMIT = """
+CREATE OR REPLACE FUNCTION {schema}.commit_session(
+    p_key text, p_id text, p_expected bigint, p_version bigint,
+    p_status text, p_platform text, p_scope text, p_flow text, p_step text,
+    p_created_at float8, p_last_activity float8,
+    p_warn_at float8, p_expires_at float8, p_purge_at float8,
+    p_close_reason text, p_messages bigint, p_tokens bigint, p_record jsonb,
+    p_lease_token bigint, p_release boolean, p_now float8,
+    p_append json, p_summaries jsonb, p_drop_through bigint, p_drop_summaries boolean,
+    p_mark uuid,
+    OUT outcome integer, OUT actual bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now float8 := coalesce(p_now, extract(epoch FROM clock_timestamp()));
+    v_current text;
+    v_num bigint;
+    v_mark uuid;
+    v_added bigint := 0;
+    v_dropped bigint := 0;
+BEGIN
+    outcome := 0;
+
+    -- The fast path: the lease holder updates the current session and appends history.
+    IF p_drop_through IS NULL AND NOT p_drop_summaries THEN
+        UPDATE {schema}.sessions SET
+            status = p_status, flow = p_flow, step = p_step,
+            created_at = p_created_at, last_activity = p_last_activity,
+            warn_at = p_warn_at, expires_at = p_expires_at, purge_at = p_purge_at,
+            close_reason = p_close_reason, messages = p_messages, tokens = p_tokens,
+            history_count = history_count + coalesce(json_array_length(p_append), 0),
+            labels = coalesce(p_record -> 'labels', '{{}}'::jsonb),
+            version = p_version, record = p_record, commit_mark = p_mark
+        WHERE key = p_key AND is_current AND id = p_id AND version = p_expected
+            AND (p_lease_token IS NULL OR EXISTS (
+                SELECT FROM {schema}.leases l
+                WHERE l.key = p_key AND l.token = p_lease_token AND l.expires_at > v_now))
+        RETURNING num INTO v_num;
+        IF FOUND THEN
+            IF p_append IS NOT NULL THEN
+                INSERT INTO {schema}.messages (sid, seq, body)
+                    SELECT v_num, (m ->> 'seq')::bigint, m
+                    FROM json_array_elements(p_append) AS m;
+            END IF;
+            IF p_summaries IS NOT NULL THEN
+                INSERT INTO {schema}.summaries (session_id, start_seq, end_seq, record)
+                    SELECT p_id, (m ->> 'start_seq')::bigint, (m ->> 'end_seq')::bigint, m
+                    FROM jsonb_array_elements(p_summaries) AS m
+                ON CONFLICT (session_id, end_seq, start_seq) DO UPDATE
+                    SET record = excluded.record;
+            END IF;
+            IF p_release AND p_lease_token IS NOT NULL THEN
+                DELETE FROM {schema}.leases WHERE key = p_key AND token = p_lease_token;
+            END IF;
+            RETURN;
+        END IF;
+    END IF;
+
+    -- Everything else, as in version 3 (nothing was written above).
+    SELECT s.id, s.version, s.num, s.commit_mark INTO v_current, actual, v_num, v_mark
+        FROM {schema}.sessions s WHERE s.key = p_key AND s.is_current FOR UPDATE;
+    IF actual = p_version AND v_current = p_id AND v_mark = p_mark THEN
+        RETURN;  -- this very commit was applied by an earlier attempt whose answer was lost
+    END IF;
+    IF p_lease_token IS NOT NULL THEN
+        PERFORM 1 FROM {schema}.leases l
+            WHERE l.key = p_key AND l.token = p_lease_token AND l.expires_at > v_now
+            FOR UPDATE;
+        IF NOT FOUND THEN
+            outcome := 1;
+            RETURN;
+        END IF;
+    END IF;
+    IF coalesce(actual, 0) <> p_expected THEN
+        outcome := 2;
+        RETURN;
+    END IF;
+    IF v_current IS DISTINCT FROM p_id THEN
+        v_num := nextval('{schema}.session_num');  -- a new session: its row is inserted below
+    END IF;
+
+    -- Drops apply to what was stored before this commit, then the new messages go in.
+    IF p_drop_through IS NOT NULL THEN
+        DELETE FROM {schema}.messages WHERE sid = v_num AND seq <= p_drop_through;
+        GET DIAGNOSTICS v_dropped = ROW_COUNT;
+    END IF;
+    IF p_append IS NOT NULL THEN
+        INSERT INTO {schema}.messages (sid, seq, body)
+            SELECT v_num, (m ->> 'seq')::bigint, m FROM json_array_elements(p_append) AS m;
+        GET DIAGNOSTICS v_added = ROW_COUNT;
+    END IF;
+    IF p_drop_summaries THEN
+        DELETE FROM {schema}.summaries WHERE session_id = p_id;
+    END IF;
+    IF p_summaries IS NOT NULL THEN
+        INSERT INTO {schema}.summaries (session_id, start_seq, end_seq, record)
+            SELECT p_id, (m ->> 'start_seq')::bigint, (m ->> 'end_seq')::bigint, m
+            FROM jsonb_array_elements(p_summaries) AS m
+        ON CONFLICT (session_id, end_seq, start_seq) DO UPDATE SET record = excluded.record;
+    END IF;
+
+    IF v_current = p_id THEN
+        UPDATE {schema}.sessions SET
+            status = p_status, flow = p_flow, step = p_step,
+            created_at = p_created_at, last_activity = p_last_activity,
+            warn_at = p_warn_at, expires_at = p_expires_at, purge_at = p_purge_at,
+            close_reason = p_close_reason, messages = p_messages, tokens = p_tokens,
+            history_count = history_count + v_added - v_dropped,
+            labels = coalesce(p_record -> 'labels', '{{}}'::jsonb),
+            version = p_version, record = p_record, commit_mark = p_mark
+        WHERE id = p_id;
+    ELSE
+        IF v_current IS NOT NULL THEN
+            UPDATE {schema}.sessions SET is_current = false WHERE id = v_current;
+        END IF;
+        INSERT INTO {schema}.sessions (
+            id, key, is_current, status, platform, scope, flow, step, created_at,
+            last_activity, warn_at, expires_at, purge_at, close_reason, messages, tokens,
+            history_count, labels, version, record, num, commit_mark)
+        VALUES (
+            p_id, p_key, true, p_status, p_platform, p_scope, p_flow, p_step, p_created_at,
+            p_last_activity, p_warn_at, p_expires_at, p_purge_at, p_close_reason, p_messages,
+            p_tokens, greatest(v_added - v_dropped, 0),
+            coalesce(p_record -> 'labels', '{{}}'::jsonb), p_version, p_record, v_num, p_mark);
+    END IF;
+
+    IF p_release AND p_lease_token IS NOT NULL THEN
+        DELETE FROM {schema}.leases WHERE key = p_key AND token = p_lease_token;
+    END IF;
+END
+$$;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions, history, summaries, leases, counters, quarantine",
               (_V1_TABLES, _V1_LEASE_AND_LOAD, _V1_COMMIT)),
     Migration(2, "full-text search over message history", _V2_SEARCH),
     Migration(3, "compact history, commit marks, listing order", (*_V3_TABLES, _V3_COMMIT)),
+    Migration(4, "commit fast path, single-row lease_and_load", (*_V4_LEASE_AND_LOAD, _V4_COMMIT)),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
