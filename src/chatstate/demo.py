@@ -32,7 +32,8 @@ log = logging.getLogger("chatstate.demo")
 
 HELP = (
     "I remember your name and count your messages, even after a restart.\n"
-    "Commands: /whoami shows your session, /reset forgets you, /help shows this"
+    "Commands: /feedback starts a short form (a flow: /back and /cancel work in it), "
+    "/whoami shows your session, /reset forgets you, /help shows this"
 )
 
 # The name survives an idle timeout (a new session starts, but it still knows you); /reset
@@ -42,11 +43,52 @@ DEMO_DEFAULTS = {"name": None, "count": 0}
 _OWN_UPDATE_COMMANDS = frozenset({"reset", "whoami", "help", "start"})
 
 
-class DemoBot:
-    """Replies to one update at a time; every reply comes out of one committed session update."""
+def demo_flows() -> FlowRunner:
+    """The demo's one flow, so the dashboard has a funnel, a diagram and steps to move to."""
+    from .flows import FlowRunner, Step, Wizard, validators
 
-    def __init__(self, manager: SessionManager) -> None:
+    feedback = Wizard(
+        "feedback",
+        [
+            Step("rating", "How would you rate chatstate, from 1 to 5?",
+                 choices=["1", "2", "3", "4", "5"], columns=5),
+            Step("liked", "What did you like most?",
+                 choices=["Sessions", "Flows", "Dashboard", "Memory"], columns=2),
+            Step("email", "Your email, if you would like an answer (or /skip):",
+                 validate=validators.email(), optional=True),
+        ],
+        title="Feedback",
+        confirm=True,
+        store_as="feedback",
+        on_complete=lambda data: f"Thank you! You rated chatstate {data['rating']} of 5.",
+    )
+    return FlowRunner({"feedback": feedback})
+
+
+_DEFAULT: object = object()
+
+
+class DemoBot:
+    """Replies to one update at a time; every reply comes out of one committed session update.
+
+    `flows` (default: `demo_flows()`) answers its commands and everything said inside a flow;
+    pass None for the name-and-counter bot alone."""
+
+    def __init__(self, manager: SessionManager, flows: FlowRunner | object | None = _DEFAULT
+                 ) -> None:
         self.manager = manager
+        self.flows: FlowRunner | None = (
+            demo_flows() if flows is _DEFAULT else flows  # type: ignore[assignment]
+        )
+
+    def _for_flows(self, s: Session, incoming: Incoming) -> bool:
+        """Whether the flow runner answers: inside a flow, a button, or a command that is not
+        one of the demo's own."""
+        if self.flows is None:
+            return False
+        return s.flow is not None or incoming.payload is not None or (
+            incoming.command is not None and incoming.command not in _OWN_UPDATE_COMMANDS
+        )
 
     @staticmethod
     def key_for(incoming: Incoming) -> SessionKey:
@@ -81,9 +123,9 @@ class DemoBot:
         async with self.manager.session(key, message=bool(text)) as s:
             if text:
                 s.append(Message(role="user", content=text))
-            answer = self._answer(s, text)
-            s.append(Message(role="assistant", content=answer))
-        return [Outgoing(text=answer)]
+            replies = await self.session_reply(s, incoming)
+            s.append(*(Message(role="assistant", content=r.text) for r in replies if r.text))
+        return replies
 
     # The server's one-update path (chatstate.server.bots): for a text, the server opens the
     # session, records the user's message and the reply, and commits once; commands and empty
@@ -100,6 +142,9 @@ class DemoBot:
     async def session_reply(self, s: Session, incoming: Incoming) -> list[Outgoing]:
         """Answer a text inside the caller's open session `s` (which counts the message and
         records the user's message and this reply in the history)."""
+        if self._for_flows(s, incoming):
+            assert self.flows is not None
+            return await self.flows.handle(s, incoming)
         return [Outgoing(text=self._answer(s, (incoming.text or incoming.payload or "").strip()))]
 
     @staticmethod

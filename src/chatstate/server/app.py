@@ -121,6 +121,12 @@ def create_app(
         manager = SessionManager(store, policy=policy)
     elif settings.encryption_keys and manager.store.codec.encryptor is None:
         enable_encryption(manager.store, Encryptor(settings.encryption_keys))
+    if bot is None and settings.bot is None:
+        from ..demo import DemoBot
+
+        demo = DemoBot(manager)  # with its feedback flow: the dashboard can show and move it
+        bot = demo
+        flows = demo.flows if flows is None else flows
     the_bot: Bot = make_bot(bot, manager) if bot is not None else load_bot(settings.bot, manager)
     if lifecycle == "auto":
         lifecycle = _default_lifecycle(manager) if settings.lifecycle else None
