@@ -322,3 +322,51 @@ async def test_memory_database_url() -> None:
         record.version = 1
         await store.commit(record, expected=0)
         assert await store.load("test:user:m") == record
+
+
+async def test_commits_in_a_loop_do_not_starve_other_tasks(tmp_path: Path) -> None:
+    # A commit may run on the event loop's own connection; it must still yield like a hop.
+    store = await _store(tmp_path / "fair.db")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    try:
+        record = new_record("test:user:fair", now=T0)
+        for version in range(1, 101):
+            record.version = version
+            await store.commit(record, expected=version - 1)
+        assert ticks >= 100
+    finally:
+        task.cancel()
+        await store.close()
+
+
+async def test_a_failing_read_does_not_undo_the_writes_of_its_batch(tmp_path: Path) -> None:
+    store = await _store(tmp_path / "mixed.db")
+    try:
+        records = []
+        for i in range(10):
+            record = new_record(f"test:user:m{i}", now=T0)
+            record.version = 1
+            records.append(record)
+
+        def bad_read(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT * FROM no_such_table")
+
+        results = await asyncio.gather(
+            *(store.commit(r, expected=0) for r in records[:5]),
+            store._run(bad_read),
+            *(store.commit(r, expected=0) for r in records[5:]),
+            return_exceptions=True,
+        )
+        assert isinstance(results[5], StoreUnavailable)
+        assert [r for i, r in enumerate(results) if i != 5] == [None] * 10
+        assert (await store.count()).total == 10
+    finally:
+        await store.close()

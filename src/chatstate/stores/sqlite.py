@@ -6,12 +6,20 @@ process; a power loss or an operating-system crash may lose the last commits (ne
 file). ``sqlite:///chatstate.db?synchronous=full`` also syncs the log to disk on every commit,
 so that returned commits survive a power loss too, at the cost of one fsync per transaction.
 
-Concurrency. All SQLite work runs in one dedicated worker thread per store, so the event loop
-never blocks on the disk. Commits that arrive together are written in one transaction (group
-commit), each inside its own SAVEPOINT: every commit's compare-and-set is checked on its own and
-a failing one is rolled back without touching the others. Several processes may open one file:
-the store is `shared`, so the engine takes leases (kept in the file) and writers wait for each
-other up to `busy_timeout` seconds before `StoreUnavailable` is raised.
+Where the work runs. A worker thread per store owns the write connection: commits that arrive
+together are written there in one transaction (group commit); each commit's compare-and-set is
+checked on its own, and a refused one (conflict, lost lease) has written nothing, so the others
+go on. The event loop has a connection of its own that never waits (busy timeout 0) and never
+checkpoints: point reads (`load`, `load_by_id`) run there, since a read in WAL mode does not wait
+for writers; and so does one write per event-loop iteration (a lone update's lease or commit)
+when no write is pending in the worker and no fsync is due (synchronous normal or off): it is
+then a few page writes to the log, cheaper than the two thread wake-ups of a hop. Whatever would
+wait (the write lock held by another process, synchronous=full, checkpoints) goes to the worker.
+Commits on the loop yield once to the event loop, as a hop would.
+
+Several processes may open one file: the store is `shared`, so the engine takes leases (kept in
+the file) and writers wait for each other up to `busy_timeout` seconds before `StoreUnavailable`
+is raised.
 
 Options (URL query or keyword): ``synchronous`` (normal | full | off), ``busy_timeout``
 (seconds, default 10), ``fts`` (true | false: keyword search through FTS5 when available),
@@ -67,6 +75,7 @@ SCHEMA_VERSION = 1
 
 APP_ID = "chatstate"
 MAX_BATCH = 256  # jobs taken from the queue into one transaction
+CHECKPOINT_EVERY = 256  # commits on the loop's connection between checkpoints (in the worker)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chatstate_meta (name TEXT PRIMARY KEY, value);
@@ -208,7 +217,13 @@ class _Worker(threading.Thread):
                     break
                 batch.append(more)
             results: list[_Result] = []
-            self._run_batch(batch, results)
+            checkpoints = [j for j in batch if j.fn is _checkpoint]
+            if checkpoints:  # never inside a transaction: after this batch's commit
+                batch = [j for j in batch if j.fn is not _checkpoint]
+                self._run_batch(batch, results)
+                self._run_batch(checkpoints, results)
+            else:
+                self._run_batch(batch, results)
             self._deliver(results)
         if self.conn is not None:
             self.conn.close()
@@ -233,6 +248,8 @@ class _Worker(threading.Thread):
 
     def _run_batch(self, batch: list[_Job], results: list[_Result]) -> None:
         conn = self.conn
+        if not batch:
+            return
         if conn is None or not any(job.write for job in batch):
             for job in batch:
                 try:
@@ -257,7 +274,10 @@ class _Worker(threading.Thread):
             except _REFUSALS as exc:
                 done.append((job, None, exc))  # refused before writing: the others go on
             except BaseException as exc:
-                self._rollback(conn)
+                if not job.write:
+                    done.append((job, None, self._translate(exc)))  # a read changed nothing
+                    continue
+                _rollback(conn)
                 if isinstance(exc, sqlite3.Error):
                     # The database failed (disk, lock): none of this batch's writes happened.
                     error = self._unavailable(exc)
@@ -279,31 +299,40 @@ class _Worker(threading.Thread):
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._rollback(conn)
+            _rollback(conn)
             error = self._unavailable(exc)
             done = [(j, None, error) if j.write and err is None else (j, v, err)
                     for j, v, err in done]
         results.extend(done)
 
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # SQLite already rolled back (e.g. after an I/O error)
-
     def _translate(self, exc: BaseException) -> BaseException:
         return self._unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            hint = "another process held the database too long; raise busy_timeout"
-        else:
-            hint = "check the disk and the file's permissions"
-        error = StoreUnavailable(f"SQLite database {self.describe} failed: {text} ({hint})")
-        error.__cause__ = exc
-        return error
+        return _unavailable(self.describe, exc)
+
+
+def _checkpoint(conn: sqlite3.Connection) -> Any:
+    """Copy committed log frames into the database file without waiting for anyone."""
+    return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # SQLite already rolled back (e.g. after an I/O error)
+
+
+def _unavailable(describe: str, exc: BaseException) -> StoreUnavailable:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        hint = "another process held the database too long; raise busy_timeout"
+    else:
+        hint = "check the disk and the file's permissions"
+    error = StoreUnavailable(f"SQLite database {describe} failed: {text} ({hint})")
+    error.__cause__ = exc
+    return error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +391,17 @@ class SQLiteStore(Store):
         self._fts = False  # decided at open: FTS5 available and history not encrypted
         self._worker: _Worker | None = None
         self._opening: asyncio.Future[None] | None = None
+        # The event loop's own connection (see "Where the work runs" in the module docstring).
+        self._reader: sqlite3.Connection | None = None
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
+        # Writes may run on it only when they can never wait on the disk: no fsync per commit.
+        self._loop_writes = mode in ("NORMAL", "OFF")
+        self._writes_pending = 0  # write jobs queued for or running in the worker
+        # One write on the loop per event-loop iteration: other writes of the same iteration
+        # are concurrent updates, and group commit in the worker serves them better.
+        self._wrote_this_turn = False
+        self._loop_commits = 0  # since the last checkpoint requested from the worker
+        self._checkpointing = False
 
     @property
     def url(self) -> str:
@@ -411,13 +451,14 @@ class SQLiteStore(Store):
         try:
             worker = _Worker(self.path, repr(self.path))
             worker.start()
-            future: asyncio.Future[bool] = loop.create_future()
+            future: asyncio.Future[tuple[bool, sqlite3.Connection | None]] = loop.create_future()
             worker.jobs.put(_Job(self._connect_job(worker), False, future, loop))
             try:
-                self._fts = await future
+                self._fts, self._reader = await future
             except BaseException:
                 worker.jobs.put(None)
                 raise
+            self._reader_loop = loop
             self._worker = worker
             self._opening.set_result(None)
         except BaseException as exc:
@@ -431,14 +472,25 @@ class SQLiteStore(Store):
         worker, self._worker = self._worker, None
         if worker is None:
             return
+        reader, self._reader, self._reader_loop = self._reader, None, None
+        if reader is not None:
+            reader.close()
         worker.jobs.put(None)
         await asyncio.get_running_loop().run_in_executor(None, worker.join, 10.0)
 
-    def _connect_job(self, worker: _Worker) -> Callable[[sqlite3.Connection | None], bool]:
-        def connect(_: sqlite3.Connection | None) -> bool:
+    def _connect_job(
+        self, worker: _Worker
+    ) -> Callable[[sqlite3.Connection | None], tuple[bool, sqlite3.Connection | None]]:
+        def connect(_: sqlite3.Connection | None) -> tuple[bool, sqlite3.Connection | None]:
             conn = self._connect()
             worker.conn = conn
-            return self._fts_enabled(conn)
+            try:
+                reader = self._connect_reader()
+            except BaseException:
+                worker.conn = None
+                conn.close()
+                raise
+            return self._fts_enabled(conn), reader
 
         return connect
 
@@ -469,6 +521,35 @@ class SQLiteStore(Store):
             conn.close()
             raise
         return conn
+
+    def _connect_reader(self) -> sqlite3.Connection | None:
+        """The event loop's connection (none for :memory:, which is one per connection). It
+        never waits (busy timeout 0: what would wait goes to the worker) and never checkpoints
+        (the worker does, off the loop)."""
+        if self.path == ":memory:":
+            return None
+        try:
+            reader = sqlite3.connect(
+                self.path, isolation_level=None, timeout=0, check_same_thread=False
+            )
+            reader.execute(f"PRAGMA synchronous = {self.synchronous}")
+            reader.execute("PRAGMA wal_autocheckpoint = 0")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        return reader
+
+    def _read_now(self, sql: str, params: tuple[Any, ...]) -> builtins.list[Any] | None:
+        """Rows of a point query read on this event loop, or None when it must go through the
+        worker (another loop, :memory:, or SQLite asked to wait)."""
+        reader = self._reader
+        if reader is None or self._reader_loop is not asyncio.get_running_loop():
+            return None
+        try:
+            # fetchall steps to the end, so the read transaction ends with the statement and
+            # the next read sees every commit that has returned.
+            return reader.execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return None  # busy or failing: the worker retries it (and reports a real failure)
 
     @staticmethod
     def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -543,8 +624,70 @@ class SQLiteStore(Store):
             assert worker is not None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        worker.jobs.put(_Job(fn, write, future, loop))
-        return await future
+        if not write:
+            worker.jobs.put(_Job(fn, False, future, loop))
+            return await future
+        self._writes_pending += 1
+        try:
+            worker.jobs.put(_Job(fn, True, future, loop))
+            return await future
+        finally:
+            self._writes_pending -= 1
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a write job: on the loop's connection when that cannot wait (see the module
+        docstring), otherwise in the worker, grouped with the other writes pending there."""
+        conn = self._reader
+        loop = self._reader_loop
+        if (
+            conn is None
+            or loop is None
+            or not self._loop_writes
+            or self._writes_pending
+            or self._wrote_this_turn
+            or loop is not asyncio.get_running_loop()
+        ):
+            return await self._run(fn, write=True)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            return await self._run(fn, write=True)  # another writer holds the lock: wait there
+        self._wrote_this_turn = True
+        loop.call_soon(self._next_turn)
+        try:
+            value = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            _rollback(conn)
+            if isinstance(exc, sqlite3.Error):
+                raise _unavailable(repr(self.path), exc) from exc
+            raise
+        self._loop_commits += 1
+        if self._loop_commits >= CHECKPOINT_EVERY and not self._checkpointing:
+            self._request_checkpoint()
+        # Yield once, as a hop would: a task that only writes must not starve the others.
+        await asyncio.sleep(0)
+        return value
+
+    def _next_turn(self) -> None:
+        self._wrote_this_turn = False
+
+    def _request_checkpoint(self) -> None:
+        """Copy the log into the database in the worker (the loop's connection never does)."""
+        worker, loop = self._worker, self._reader_loop
+        if worker is None or loop is None:
+            return
+        self._checkpointing = True
+        self._loop_commits = 0
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self._checkpointing = False
+            if not f.cancelled() and f.exception() is not None:
+                log.warning("SQLite checkpoint of %r failed: %s", self.path, f.exception())
+
+        future.add_done_callback(done)
+        worker.jobs.put(_Job(_checkpoint, False, future, loop))
 
     def _decode(self, raw: bytes, key: str) -> SessionRecord:
         try:
@@ -556,24 +699,18 @@ class SQLiteStore(Store):
     # -- records ----------------------------------------------------------------------------
 
     async def load(self, key: str) -> SessionRecord | None:
-        def job(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute(
-                "SELECT blob FROM sessions WHERE key = ? AND current = 1", (key,)
-            ).fetchone()
-            return None if row is None else bytes(row[0])
-
-        raw = await self._run(job)
-        return None if raw is None else self._decode(raw, key)
+        rows = self._read_now(_LOAD, (key,))
+        if rows is None:
+            rows = await self._run(lambda conn: conn.execute(_LOAD, (key,)).fetchall())
+        return self._decode(bytes(rows[0][0]), key) if rows else None
 
     async def load_by_id(self, session_id: str) -> SessionRecord | None:
-        def job(conn: sqlite3.Connection) -> tuple[str, bytes] | None:
-            row = conn.execute(
-                "SELECT key, blob FROM sessions WHERE id = ?", (session_id,)
-            ).fetchone()
-            return None if row is None else (row[0], bytes(row[1]))
-
-        found = await self._run(job)
-        return None if found is None else self._decode(found[1], found[0])
+        rows = self._read_now(_LOAD_BY_ID, (session_id,))
+        if rows is None:
+            rows = await self._run(
+                lambda conn: conn.execute(_LOAD_BY_ID, (session_id,)).fetchall()
+            )
+        return self._decode(bytes(rows[0][1]), rows[0][0]) if rows else None
 
     async def commit(
         self,
@@ -624,7 +761,7 @@ class SQLiteStore(Store):
             if changes is not None:
                 _write_history(conn, fts, rid, changes)
 
-        await self._run(job, write=True)
+        await self._write(job)
 
     def _history_rows(self, rid: str, history: HistoryChanges) -> _HistoryRows:
         encode_message, encode_summary = self.codec.encode_message, self.codec.encode_summary
@@ -935,7 +1072,7 @@ class SQLiteStore(Store):
             lease = Lease(key=key, owner=owner, token=int(token), expires_at=now + ttl)
             return lease, None if blob is None else bytes(blob)
 
-        lease, raw = await self._run(job, write=True)
+        lease, raw = await self._write(job)
         if raw is None:
             return lease, None
         try:
@@ -1009,6 +1146,9 @@ ON CONFLICT (id) DO UPDATE SET
     labels = excluded.labels, version = excluded.version, blob = excluded.blob,
     due_warn = excluded.due_warn, due_expire = excluded.due_expire, due_purge = excluded.due_purge
 """
+
+_LOAD = "SELECT blob FROM sessions WHERE key = ? AND current = 1"
+_LOAD_BY_ID = "SELECT key, blob FROM sessions WHERE id = ?"
 
 _UPSERT_MESSAGE = (
     "INSERT INTO messages (session_id, seq, tokens, blob) VALUES (?, ?, ?, ?) "
