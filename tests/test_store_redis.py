@@ -115,22 +115,121 @@ async def test_an_update_costs_two_round_trips(name: str, monkeypatch: pytest.Mo
 
 
 async def test_server_sees_two_script_calls_per_update(own_server: RedisServer) -> None:
+    from chatstate.engine import SessionManager
+
     store = RedisStore.from_url(own_server.url + "?prefix=rt")
-    await store.open()
+    manager = SessionManager(store)
+    await manager.open()
     try:
-        await _update(store, "web:user:a", "w1")
+        async with manager.session("web:user:a") as s:
+            s.data["n"] = 0
         own_server.cli("config", "resetstat")
-        for _ in range(5):
-            await _update(store, "web:user:a", "w1")
+        for n in range(1, 6):
+            async with manager.session("web:user:a") as s:  # as every message does
+                s.data["n"] = n
+                s.append(Message(role="user", content=f"m{n}"))
         stats = own_server.cli("info", "commandstats")
     finally:
-        await store.close()
+        await manager.aclose()
     calls = {
         line.split(":", 1)[0].removeprefix("cmdstat_"): int(line.split("calls=")[1].split(",")[0])
         for line in stats.splitlines() if line.startswith("cmdstat_")
     }
+    calls.pop("config|resetstat", None)
     assert calls["evalsha"] == 10
     assert "eval" not in calls and "script|load" not in calls and "get" not in calls
+    # Inside the scripts, per update: one read and one write of the pointer for the lease and
+    # again for the commit; the listing entry and the expiry entry move, the message and
+    # duration sums change, the history gets its message. Nothing else: no index entry whose
+    # value did not change, no expiry call, no removal of a due time that was never set.
+    assert {name: count / 5 for name, count in calls.items() if name != "evalsha"} == {
+        "hmget": 2, "hset": 2, "zadd": 3, "hincrby": 2,
+    }
+
+
+async def test_a_claimed_entry_is_put_back_by_a_commit_that_keeps_its_time(
+    machine_store: RedisStore,
+) -> None:
+    """Every commit rewrites the due index, also when the due time did not change: a claim's
+    hold on the entry ends with the next commit of the session."""
+    clock = FakeClock()
+    machine_store.clock = clock
+    record = new_record("web:user:reclaim", now=clock.now())
+    record.version = 1
+    record.expires_at = clock.now() + 10
+    await machine_store.commit(record, expected=0)
+    claimed = await machine_store.claim_due("expire", clock.now() + 10, 10, claim_seconds=300)
+    assert [i.session_id for i in claimed] == [record.id]
+    assert await machine_store.claim_due("expire", clock.now() + 10, 10) == []
+    record.version = 2
+    record.data["note"] = "same deadline"
+    await machine_store.commit(record, expected=1)
+    again = await machine_store.claim_due("expire", clock.now() + 10, 10)
+    assert [(i.session_id, i.due_at) for i in again] == [(record.id, clock.now() + 10)]
+
+
+async def test_a_replaced_session_keeps_its_row_expiry_and_indexes(
+    machine_store: RedisStore,
+) -> None:
+    """The current session lives in the pointer; a new session moves the old one to a row of
+    its own, with the expiry backstop it had, still listed, counted and loadable by id."""
+    clock = FakeClock()
+    machine_store.clock = clock
+    key = "web:user:replaced"
+    old = new_record(key, now=clock.now())
+    old.version = 1
+    await machine_store.commit(old, expected=0)
+    old.version = 2
+    old.status = Status.CLOSED
+    old.close_reason = "goodbye"
+    old.purge_at = clock.now() + 3600
+    await machine_store.commit(old, expected=1)
+    clock.advance(5)
+    fresh = new_record(key, now=clock.now())
+    fresh.version = 3
+    await machine_store.commit(fresh, expected=2)
+
+    client = machine_store._client
+    base = machine_store.layout.base(key)
+    row_ttl = await client.pttl(f"{base}:s:{old.id}")
+    assert (3600 + machine_store.gc_margin - 60) * 1000 < row_ttl
+    assert await client.pttl(f"{base}:r") == -1  # the new, active session never expires
+    assert await machine_store.load_by_id(old.id) == old
+    assert await machine_store.load_by_id(fresh.id) == fresh
+    assert await machine_store.load(key) == fresh
+    listed = await machine_store.list()
+    assert [r.id for r in listed.items if r.key == key] == [fresh.id, old.id]
+    stats = await machine_store.stats()
+    assert stats.total == 2 and stats.by_status == {"closed": 1, "active": 1}
+    assert [i.session_id for i in await machine_store.claim_due("purge", old.purge_at, 10)] \
+        == [old.id]
+
+    assert await machine_store.delete(key, old.id)
+    assert await machine_store.load_by_id(old.id) is None
+    assert await machine_store.load(key) == fresh
+    assert (await machine_store.count()).by_status == {"active": 1}
+    assert await machine_store.delete(key)
+    assert (await machine_store.count()).total == 0
+    assert await client.hget(f"{base}:r", "b") is None
+
+
+async def test_data_of_an_older_layout_is_refused_at_open() -> None:
+    require_service("Redis", "127.0.0.1", 6379)
+    prefix = f"oldlayout{os.getpid()}"
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await client.hset(f"{prefix}:agg", "t", 1)  # layout 1 wrote no marker
+        store = RedisStore.from_url(REDIS_URL, prefix=prefix)
+        with pytest.raises(ConfigurationError, match="layout 1"):
+            await store.open()
+        assert store._client is None
+        await client.delete(f"{prefix}:agg")
+        await store.open()  # an empty prefix is marked with the current layout
+        assert await client.get(f"{prefix}:layout") == b"2"
+        await store.close()
+    finally:
+        await client.delete(f"{prefix}:agg", f"{prefix}:layout")
+        await client.aclose()
 
 
 # -- layout -------------------------------------------------------------------------------------
@@ -145,8 +244,8 @@ async def test_all_keys_of_a_session_share_one_hash_tag(machine_store: RedisStor
     finally:
         await client.aclose()
     session_keys = [n for n in names if key in n and n.count(":") > 1 and "{" + key + "}" in n]
-    # pointer (with the lease), row and history, all tagged with the canonical key
-    assert {n.rsplit("}:", 1)[1].split(":", 1)[0] for n in session_keys} >= {"r", "s", "h"}
+    # pointer (with the lease and the current row) and history, tagged with the canonical key
+    assert {n.rsplit("}:", 1)[1].split(":", 1)[0] for n in session_keys} >= {"r", "h"}
 
 
 async def test_cluster_session_keys_and_their_indexes_share_a_slot() -> None:
@@ -177,7 +276,7 @@ async def test_native_expiry_is_only_a_backstop_after_purge_at(machine_store: Re
     record = new_record(key, now=clock.now())
     record.version = 1
     await machine_store.commit(record, expected=0)
-    row = f"{machine_store.layout.base(key)}:s:{record.id}"
+    row = f"{machine_store.layout.base(key)}:r"  # the current session's row is its pointer
     client = machine_store._client
     assert await client.pttl(row) == -1  # an active session never expires natively
 
@@ -317,7 +416,7 @@ async def test_a_commit_whose_answer_was_lost_is_retried_once(machine_store: Red
 
     async def answer_lost_once(**kwargs: Any) -> Any:
         result = await real(**kwargs)  # the server applies the commit ...
-        calls.append(kwargs["args"][23])
+        calls.append(kwargs["args"][22])  # the commit mark (ARGV[23])
         if len(calls) == 1:  # ... but the answer never arrives
             raise redis_exceptions.ConnectionError("connection reset by peer")
         return result
@@ -413,8 +512,8 @@ async def test_quarantine_moves_only_the_bytes_it_was_given(machine_store: Redis
     record = new_record(key, now=machine_store.clock.now())
     record.version = 1
     await machine_store.commit(record, expected=0)
-    row = f"{machine_store.layout.base(key)}:s:{record.id}"
-    await machine_store._client.hset(row, "b", b"{not json")
+    pointer = f"{machine_store.layout.base(key)}:r"  # holds the current session's row
+    await machine_store._client.hset(pointer, "b", b"{not json")
     with pytest.raises(CorruptRecordError) as bad:
         await machine_store.load(key)
     assert bad.value.raw == b"{not json"

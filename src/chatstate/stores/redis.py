@@ -13,12 +13,14 @@ Query options: ``prefix`` (or ``namespace``), ``max_connections`` (or ``pool_siz
 Cost of an update: `lease_and_load` is one script call and `commit(..., release=True)` is one
 script call, so a serialised update costs two round trips.
 
-Data layout (P = prefix, B = the session base, K = canonical session key)::
+Data layout, version 2 (P = prefix, B = the session base, K = canonical session key)::
 
-    B:r           hash  v (version), id           the key's current session, and its lease:
-                        o (owner, '' = free), t (fencing token), e (lease expiry)
-    B:s:<id>      hash  b (record), v, ag (aggregate contribution), nm, nk, nd (sums), st, fl,
-                        sp (filter fields), gc, c (mark of the commit that wrote it)
+    B:r           hash  the key's lease: o (owner, '' = free), t (fencing token), e (expiry);
+                        and its current session: id, and the row fields below
+    B:s:<id>      hash  the row of a session that a newer one replaced at the key:
+                        b (record), v, ag (aggregate contribution), nm, nk, nd (sums), st, fl,
+                        sp (filter fields), gc, c (mark of the commit that wrote it), w, x, p
+                        (due times, '' = none), la (listing score): the values the indexes hold
     B:h:<id>      zset  score seq -> message      history (a message carries its token count)
     B:m:<id>      zset  score end_seq -> summary
     I:due:<kind>  zset  score due time -> "K id"  one per kind (warn, expire, purge)
@@ -27,6 +29,13 @@ Data layout (P = prefix, B = the session base, K = canonical session key)::
     I:agg         hash  field -> count            totals by status/platform/reason/step/label
     I:ids         hash  id -> K                   finds replaced sessions by id
     I:q           list  quarantined records
+    I:layout      string  the layout version ("2")
+
+The current session lives in the pointer hash itself, so an update touches one session key:
+`lease_and_load` is one HMGET and one HSET of B:r, and a commit one HMGET and one HSET of B:r
+plus only the index entries whose value changed (compared with the row's previous w, x, p, la,
+ag and sums fields, read by that same HMGET). Layout 1 (before 0.1; the current row in
+B:s:<id>) is refused at `open()` with a ConfigurationError: start on an empty prefix.
 
 Standalone Redis: B = ``P:{K}`` and I = ``P`` (one global index of each kind). Every script
 touches the session's keys and the global index keys together, atomically.
@@ -159,11 +168,13 @@ class _Layout:
             return f"{self.prefix}:{{b{self.bucket(key)}}}:{key}"
         return f"{self.prefix}:{{{key}}}"
 
-    def row_head_tail(self, bucket: int) -> tuple[str, str]:
-        """Row key of (key, id) = head + key + tail + id, for the server-side scans."""
+    def row_head_tail(self, bucket: int) -> tuple[str, str, str]:
+        """(head, row tail, pointer tail): the row key of (key, id) is head + key + row tail +
+        id and the pointer key of key is head + key + pointer tail (for the server-side
+        scans)."""
         if self.buckets:
-            return f"{self.prefix}:{{b{bucket}}}:", ":s:"
-        return f"{self.prefix}:{{", "}:s:"
+            return f"{self.prefix}:{{b{bucket}}}:", ":s:", ":r"
+        return f"{self.prefix}:{{", "}:s:", "}:r"
 
     def index(self, bucket: int, name: str) -> str:
         if self.buckets:
@@ -390,17 +401,31 @@ class RedisStore(Store):
         client = self._make_client()
         scripts = {
             name: client.register_script(getattr(lua, name))
-            for name in ("LOAD", "LEASE_AND_LOAD", "RENEW", "RELEASE", "COMMIT", "REMOVE",
-                         "CLAIM_DUE", "SCAN", "PUT_RAW")
+            for name in ("LEASE_AND_LOAD", "RENEW", "RELEASE", "COMMIT", "REMOVE",
+                         "CLAIM_DUE", "SCAN", "PUT_RAW", "LAYOUT")
         }
         self._client, self._scripts = client, scripts
         try:
             # Load every script up front so the first update already runs in one round trip.
             await self._run(lambda: self._load_scripts(client), retry=True)
-        except StoreUnavailable:
+            await self._check_layout()
+        except (StoreUnavailable, ConfigurationError):
             self._client, self._scripts = None, {}
             await self._dispose(client)
             raise
+
+    async def _check_layout(self) -> None:
+        """Refuse data written in another layout instead of misreading it."""
+        layout = self.layout
+        for bucket in layout.all_buckets:
+            keys = [layout.index(bucket, name) for name in ("layout", "agg", "recent")]
+            found = _text(await self._script("LAYOUT", keys, [lua.LAYOUT_VERSION], retry=True))
+            if found != lua.LAYOUT_VERSION:
+                raise ConfigurationError(
+                    f"Redis prefix {self.prefix!r} holds data in store layout {found}; this "
+                    f"version of chatstate reads layout {lua.LAYOUT_VERSION} only. Use a new "
+                    "prefix (?prefix=...) or delete the keys under this one"
+                )
 
     async def _load_scripts(self, client: Any) -> None:
         # (On Cluster, redis-py sends SCRIPT LOAD to every primary.)
@@ -480,8 +505,9 @@ class RedisStore(Store):
             raise
 
     async def load(self, key: str) -> SessionRecord | None:
-        base = self.layout.base(key)
-        blob = await self._script("LOAD", [f"{base}:r", f"{base}:s:"], [], retry=True)
+        await self._ensure()
+        pointer = f"{self.layout.base(key)}:r"
+        blob = await self._run(partial(self._c.hget, pointer, "b"), retry=True)
         return self._decode(blob, key)
 
     async def load_by_id(self, session_id: str) -> SessionRecord | None:
@@ -492,8 +518,16 @@ class RedisStore(Store):
             if found is None:
                 continue
             key = _text(found)
-            row = f"{self.layout.base(key)}:s:{session_id}"
-            blob = await self._run(partial(self._c.hget, row, "b"), retry=True)
+            base = self.layout.base(key)
+            # The current session's row is in the pointer; a replaced one has its own. (A
+            # session moves from the pointer to its row atomically, so reading the pointer
+            # first never misses it.)
+            current, blob = await self._run(
+                partial(self._c.hmget, f"{base}:r", "id", "b"), retry=True
+            )
+            if current is None or _text(current) != session_id:
+                blob = await self._run(partial(self._c.hget, f"{base}:s:{session_id}", "b"),
+                                       retry=True)
             return self._decode(blob, key)
         return None
 
@@ -517,7 +551,7 @@ class RedisStore(Store):
         base = layout.base(key)
         sid = record.id
         keys = [
-            f"{base}:r", f"{base}:s:{sid}", f"{base}:h:{sid}", f"{base}:m:{sid}",
+            f"{base}:r", f"{base}:s:", f"{base}:h:{sid}", f"{base}:m:{sid}",
             *(layout.index(bucket, f"due:{kind}") for kind in DUE_KINDS),
             layout.index(bucket, "recent"), layout.index(bucket, "agg"),
             layout.index(bucket, "ids"),
@@ -535,7 +569,7 @@ class RedisStore(Store):
         args: list[Any] = [
             expected, record.version, sid, blob, _Contribution.of(record), record.status.value,
             flow.name if flow else "", (flow.step or "") if flow else "",
-            _float(-record.last_activity), f"{key} {sid}",
+            _float(-record.last_activity),
             *("" if at is None else _float(at) for at in dues),
             lease.owner if lease else "", lease.token if lease else 0, _float(now),
             "1" if release else "0", gc_ms,
@@ -579,9 +613,7 @@ class RedisStore(Store):
         """Test/maintenance hook (see `Store`): store `raw` as the current record's bytes
         unchecked. Indexes keep what the last commit wrote."""
         base = self.layout.base(key)
-        done = await self._script(
-            "PUT_RAW", [f"{base}:r", f"{base}:s:"], [bytes(raw)], retry=True
-        )
+        done = await self._script("PUT_RAW", [f"{base}:r"], [bytes(raw)], retry=True)
         if not done:
             raise LookupError(f"no current record at {key!r} to overwrite")
 
@@ -615,7 +647,7 @@ class RedisStore(Store):
         self, bucket: int, filter: SessionFilter, mode: str, want: int,
         start: tuple[str, str] | None,
     ) -> tuple[bool, tuple[str, str], list[Any]]:
-        head, tail = self.layout.row_head_tail(bucket)
+        head, tail, pointer_tail = self.layout.row_head_tail(bucket)
         # Scores are -last_activity: updated_before bounds them from below (exclusive),
         # updated_since from above (inclusive).
         before = filter.updated_before
@@ -626,7 +658,7 @@ class RedisStore(Store):
         max_score = "+inf" if filter.updated_since is None else _float(-filter.updated_since)
         args = [
             min_score, after, max_score, SCAN_BUDGET, want, mode, head, tail,
-            *(getattr(filter, name) or "" for name in _FILTER_FIELDS),
+            *(getattr(filter, name) or "" for name in _FILTER_FIELDS), pointer_tail,
         ]
         result = await self._script(
             "SCAN", [self.layout.index(bucket, "recent")], args, retry=True
@@ -779,7 +811,7 @@ class RedisStore(Store):
         backstop = int((ttl + POINTER_BACKSTOP) * 1000)
         # Retrying is safe: a second try by the same owner takes the lease again (new token).
         token, blob = await self._script(
-            "LEASE_AND_LOAD", [f"{base}:r", f"{base}:s:"],
+            "LEASE_AND_LOAD", [f"{base}:r"],
             [owner, _float(now), _float(expires), backstop], retry=True,
         )
         if token == 0:

@@ -32,8 +32,6 @@ local function apply_delta(agg, old, new)
 end
 """
 
-# The pointer hash B:r holds the key's current session (v, id) and its lease (o owner, '' when
-# free; t fencing token; e expiry), so one read checks both.
 # Numeric sums (messages, tokens, duration ms) live in row fields nm, nk, nd; `ag` holds only the
 # categorical contribution, which rarely changes, so most commits skip decoding it.
 _APPLY_SUMS = """
@@ -48,37 +46,33 @@ local function apply_sums(agg, old_m, old_k, old_d, m, k, d)
 end
 """
 
-# ZADD `count` (score, member) pairs that start at ARGV[first], at most CHUNK pairs per call:
-# unpack() of a large table overflows Lua's C stack ("too many results to unpack"), and the
-# script stays one atomic step however many calls it makes.
-_ZADD_CHUNKED = """
-local function zadd_chunked(key, first, count)
-  local done = 0
-  while done < count do
-    local z = {}
-    local last = math.min(count, done + 500) - 1
-    for i = done, last do
-      z[#z + 1] = ARGV[first + 2 * i]; z[#z + 1] = ARGV[first + 2 * i + 1]
-    end
-    redis.call('ZADD', key, unpack(z))
-    done = last + 1
-  end
-end
+# The layout version this module writes (see `chatstate.stores.redis`). Stores of an older
+# layout are refused at open() with a message saying what to do, never misread.
+LAYOUT_VERSION = "2"
+
+# KEYS: 1 layout marker, 2 aggregates, 3 listing index (of one bucket); ARGV: 1 layout version
+# -> the bucket's layout version: the marker, or '1' for data written before markers existed,
+#    or ARGV[1] for an empty bucket (the marker is set then)
+LAYOUT = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return '1' end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
 """
 
-# KEYS: 1 pointer, 2 row prefix
-# -> blob of the current record or nil
-LOAD = """
-local id = redis.call('HGET', KEYS[1], 'id')
-if not id then return false end
-return redis.call('HGET', KEYS[2] .. id, 'b')
-"""
+# The pointer hash B:r holds the lease (o owner, '' when free; t fencing token; e expiry) and
+# the current session's row (id, v and the ROW_FIELDS), so that a lease-and-load is one read
+# and one write of one key, and a commit reads and writes that one key (plus the indexes whose
+# value changed). A replaced session's row moves to B:s:<id>.
+ROW_FIELDS = ("b", "v", "ag", "st", "fl", "sp", "gc", "nm", "nk", "nd", "c", "w", "x", "p", "la")
+_ROW_FIELDS_LUA = ", ".join(f"'{name}'" for name in ROW_FIELDS)
 
-# KEYS: 1 pointer, 2 row prefix
+# KEYS: 1 pointer
 # ARGV: 1 owner, 2 now, 3 expires_at, 4 expiry backstop (ms) of a pointer that holds no session
 # -> {token, blob|nil} when taken, {0, expires_at of the holder} when busy
 LEASE_AND_LOAD = """
-local h = redis.call('HMGET', KEYS[1], 'o', 'e', 't', 'id')
+local h = redis.call('HMGET', KEYS[1], 'o', 'e', 't', 'id', 'b')
 if h[1] and h[1] ~= '' and h[1] ~= ARGV[1] and (tonumber(h[2]) or 0) > tonumber(ARGV[2]) then
   return {0, h[2]}
 end
@@ -88,15 +82,14 @@ if not h[4] then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   return {token, false}
 end
-return {token, redis.call('HGET', KEYS[2] .. h[4], 'b')}
+return {token, h[5]}
 """
 
 # The corruption-injection hook (tests, maintenance): overwrite the current record's bytes.
-# KEYS: 1 pointer, 2 row prefix; ARGV: 1 bytes -> 1, or 0 when the key has no current record
+# KEYS: 1 pointer; ARGV: 1 bytes -> 1, or 0 when the key has no current record
 PUT_RAW = """
-local id = redis.call('HGET', KEYS[1], 'id')
-if not id then return 0 end
-redis.call('HSET', KEYS[2] .. id, 'b', ARGV[1])
+if redis.call('HEXISTS', KEYS[1], 'id') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'b', ARGV[1])
 return 1
 """
 
@@ -120,62 +113,125 @@ end
 return 0
 """
 
-# KEYS: 1 pointer, 2 row, 3 history, 4 summaries, 5-7 due warn/expire/purge,
+# The hot path of every update, so it is written for the common case: one HMGET and one HSET of
+# the pointer, and an index is written only when the value it indexes changed (the previous
+# values are the row's own fields: 'la' the listing score, 'w'/'x'/'p' the due times, 'ag' and
+# the sums the aggregate contribution). A due time that is set is always rewritten (a claim
+# pushed its entry; the commit puts it back at the record's time); an unset one is removed only
+# if it was set before (no entry can exist otherwise). No cjson unless the categorical
+# contribution changed.
+#
+# KEYS: 1 pointer, 2 row prefix, 3 history, 4 summaries, 5-7 due warn/expire/purge,
 #       8 listing index, 9 aggregates, 10 id -> key index
 # ARGV: 1 expected, 2 new version, 3 id, 4 blob, 5 ag, 6 status, 7 flow, 8 step,
-#       9 listing score (-last_activity), 10 due index member ("K id"),
-#       11-13 due warn/expire/purge ('' = none),
-#       14 lease owner ('' = no lease), 15 lease token, 16 now, 17 release ('1'),
-#       18 GC backstop in ms ('0' = none), 19 drop messages through ('' = no),
-#       20 drop summaries ('1'), 21 canonical key, 22 n messages, 23 n summaries,
-#       24 commit mark (random, the same for every attempt of one commit() call),
-#       25 messages handled, 26 tokens, 27 duration (ms),
-#       28.. (seq, blob) per message then (end_seq, blob) per summary
+#       9 listing score (-last_activity), 10-12 due warn/expire/purge ('' = none),
+#       13 lease owner ('' = no lease), 14 lease token, 15 now, 16 release ('1'),
+#       17 GC backstop in ms ('0' = none), 18 drop messages through ('' = no),
+#       19 drop summaries ('1'), 20 canonical key, 21 n messages, 22 n summaries,
+#       23 commit mark (random, the same for every attempt of one commit() call),
+#       24 messages handled, 25 tokens, 26 duration (ms),
+#       27.. (seq, blob) per message then (end_seq, blob) per summary
 # -> {1, version} committed (or found applied by an earlier attempt of this same call, whose
 #    answer was lost: recognised by its mark, never by content, since another writer may have
 #    committed identical bytes); {0, stored version} version conflict; {-1, stored token}
 #    lease lost
-COMMIT = _APPLY_DELTA + _APPLY_SUMS + _ZADD_CHUNKED + """
-local cur = redis.call('HMGET', KEYS[1], 'v', 'id', 'o', 't', 'e')
-local curv = tonumber(cur[1]) or 0
-local id = ARGV[3]
-if curv == tonumber(ARGV[2]) and cur[2] == id and redis.call('HGET', KEYS[2], 'c') == ARGV[24] then
-  return {1, curv}
-end
-if ARGV[14] ~= '' and (cur[3] ~= ARGV[14] or cur[4] ~= ARGV[15]
-    or (tonumber(cur[5]) or 0) <= tonumber(ARGV[16])) then
-  return {-1, tonumber(cur[4]) or 0}
+COMMIT = """
+local f = redis.call('HMGET', KEYS[1], 'v', 'id', 'o', 't', 'e', 'c', 'ag', 'gc', 'nm', 'nk',
+  'nd', 'w', 'x', 'p', 'la')
+local curv, id = tonumber(f[1]) or 0, ARGV[3]
+if curv == tonumber(ARGV[2]) and f[2] == id and f[6] == ARGV[23] then return {1, curv} end
+if ARGV[13] ~= '' and (f[3] ~= ARGV[13] or f[4] ~= ARGV[14]
+    or (tonumber(f[5]) or 0) <= tonumber(ARGV[15])) then
+  return {-1, tonumber(f[4]) or 0}
 end
 if curv ~= tonumber(ARGV[1]) then return {0, curv} end
-local old = redis.call('HMGET', KEYS[2], 'ag', 'gc', 'nm', 'nk', 'nd')
-if old[1] ~= ARGV[5] then apply_delta(KEYS[9], old[1], ARGV[5]) end
-apply_sums(KEYS[9], old[3], old[4], old[5], ARGV[25], ARGV[26], ARGV[27])
-if ARGV[17] == '1' and ARGV[14] ~= '' then
-  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'id', id, 'o', '', 'e', '0')
+local old = f
+if f[2] ~= id then
+  if f[2] then  -- the replaced session keeps its row (and its expiry) under its own id
+    local names = {""" + _ROW_FIELDS_LUA + """}
+    local values = redis.call('HMGET', KEYS[1], unpack(names))
+    local row = {}
+    for i = 1, #names do
+      if values[i] then row[#row + 1] = names[i]; row[#row + 1] = values[i] end
+    end
+    local name = KEYS[2] .. f[2]
+    redis.call('HSET', name, unpack(row))
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl > 0 then redis.call('PEXPIRE', name, ttl) end
+  end
+  -- A row already stored under this id (a replaced session committed again) moves into the
+  -- pointer: its contribution and due entries are the ones this commit replaces.
+  local name = KEYS[2] .. id
+  old = redis.call('HMGET', name, 'v', 'id', 'o', 't', 'e', 'c', 'ag', 'gc', 'nm', 'nk', 'nd',
+    'w', 'x', 'p', 'la')
+  if old[1] then redis.call('DEL', name) end
+  redis.call('HSET', KEYS[10], id, ARGV[20])
+end
+local agg = KEYS[9]
+if old[7] ~= ARGV[5] then
+  local delta = {}
+  if old[7] then
+    local a = cjson.decode(old[7])
+    for i = 1, #a, 2 do delta[a[i]] = (delta[a[i]] or 0) - a[i + 1] end
+  end
+  local a = cjson.decode(ARGV[5])
+  for i = 1, #a, 2 do delta[a[i]] = (delta[a[i]] or 0) + a[i + 1] end
+  for field, amount in pairs(delta) do
+    if amount ~= 0 then redis.call('HINCRBY', agg, field, string.format('%d', amount)) end
+  end
+end
+local d = (tonumber(ARGV[24]) or 0) - (tonumber(old[9]) or 0)
+if d ~= 0 then redis.call('HINCRBY', agg, 'm', string.format('%d', d)) end
+d = (tonumber(ARGV[25]) or 0) - (tonumber(old[10]) or 0)
+if d ~= 0 then redis.call('HINCRBY', agg, 'k', string.format('%d', d)) end
+d = (tonumber(ARGV[26]) or 0) - (tonumber(old[11]) or 0)
+if d ~= 0 then redis.call('HINCRBY', agg, 'd', string.format('%d', d)) end
+if ARGV[16] == '1' and ARGV[13] ~= '' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'id', id, 'b', ARGV[4], 'ag', ARGV[5],
+    'st', ARGV[6], 'fl', ARGV[7], 'sp', ARGV[8], 'gc', ARGV[17], 'nm', ARGV[24],
+    'nk', ARGV[25], 'nd', ARGV[26], 'c', ARGV[23], 'w', ARGV[10], 'x', ARGV[11],
+    'p', ARGV[12], 'la', ARGV[9], 'o', '', 'e', '0')
 else
-  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'id', id)
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'id', id, 'b', ARGV[4], 'ag', ARGV[5],
+    'st', ARGV[6], 'fl', ARGV[7], 'sp', ARGV[8], 'gc', ARGV[17], 'nm', ARGV[24],
+    'nk', ARGV[25], 'nd', ARGV[26], 'c', ARGV[23], 'w', ARGV[10], 'x', ARGV[11],
+    'p', ARGV[12], 'la', ARGV[9])
 end
-redis.call('HSET', KEYS[2], 'b', ARGV[4], 'v', ARGV[2], 'ag', ARGV[5], 'st', ARGV[6],
-  'fl', ARGV[7], 'sp', ARGV[8], 'gc', ARGV[18], 'nm', ARGV[25], 'nk', ARGV[26], 'nd', ARGV[27],
-  'c', ARGV[24])
-if cur[2] ~= id then redis.call('HSET', KEYS[10], id, ARGV[21]) end
-local member = ARGV[10]
-redis.call('ZADD', KEYS[8], ARGV[9], id .. ' ' .. ARGV[21])
+if ARGV[9] ~= old[15] then redis.call('ZADD', KEYS[8], ARGV[9], id .. ' ' .. ARGV[20]) end
+local member = ARGV[20] .. ' ' .. id
 for i = 0, 2 do
-  local at = ARGV[11 + i]
-  if at == '' then redis.call('ZREM', KEYS[5 + i], member)
-  else redis.call('ZADD', KEYS[5 + i], at, member) end
+  local at, was = ARGV[10 + i], old[12 + i]
+  if at ~= '' then redis.call('ZADD', KEYS[5 + i], at, member)
+  elseif was and was ~= '' then redis.call('ZREM', KEYS[5 + i], member) end
 end
-if ARGV[19] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[19]) end
-if ARGV[20] == '1' then redis.call('DEL', KEYS[4]) end
-local nm = tonumber(ARGV[22])
-zadd_chunked(KEYS[3], 28, nm)
-zadd_chunked(KEYS[4], 28 + 2 * nm, tonumber(ARGV[23]))
-if ARGV[18] ~= '0' then
-  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[18]) end
-elseif old[2] and old[2] ~= '0' then
-  for i = 1, 4 do redis.call('PERSIST', KEYS[i]) end
-elseif cur[2] ~= id then
+local nm, ns = tonumber(ARGV[21]), tonumber(ARGV[22])
+if ARGV[18] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[18]) end
+if ARGV[19] == '1' then redis.call('DEL', KEYS[4]) end
+if nm + ns > 0 then
+  -- ZADD (score, member) pairs at most 500 per call: unpack() of a large table overflows
+  -- Lua's C stack, and the script stays one atomic step however many calls it makes.
+  local function zadd_chunked(key, first, count)
+    local done = 0
+    while done < count do
+      local z = {}
+      local last = math.min(count, done + 500) - 1
+      for i = done, last do
+        z[#z + 1] = ARGV[first + 2 * i]; z[#z + 1] = ARGV[first + 2 * i + 1]
+      end
+      redis.call('ZADD', key, unpack(z))
+      done = last + 1
+    end
+  end
+  zadd_chunked(KEYS[3], 27, nm)
+  zadd_chunked(KEYS[4], 27 + 2 * nm, ns)
+end
+if ARGV[17] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[17])
+  redis.call('PEXPIRE', KEYS[3], ARGV[17])
+  redis.call('PEXPIRE', KEYS[4], ARGV[17])
+elseif old[8] and old[8] ~= '0' then
+  redis.call('PERSIST', KEYS[1]); redis.call('PERSIST', KEYS[3]); redis.call('PERSIST', KEYS[4])
+elseif f[2] ~= id then
   redis.call('PERSIST', KEYS[1])  -- a pointer created by a lease had a backstop expiry
 end
 return {1, tonumber(ARGV[2])}
@@ -201,7 +257,9 @@ if not id then
   if ARGV[3] == 'quarantine' then file_entry() end
   return 0
 end
+local current = cur == id
 local row = KEYS[2] .. id
+if current then row = KEYS[1] end
 local f = redis.call('HMGET', row, 'b', 'ag', 'nm', 'nk', 'nd')
 if ARGV[3] == 'quarantine' and f[1] ~= ARGV[7] then
   file_entry()  -- replaced meanwhile by another writer: keep that record
@@ -215,7 +273,6 @@ local member = ARGV[1] .. ' ' .. id
 for i = 5, 7 do redis.call('ZREM', KEYS[i], member) end
 redis.call('ZREM', KEYS[8], id .. ' ' .. ARGV[1])
 redis.call('HDEL', KEYS[10], id)
-redis.call('DEL', row)
 if ARGV[3] == 'quarantine' then
   redis.call('PEXPIRE', KEYS[3] .. id, ARGV[5])
   redis.call('PEXPIRE', KEYS[4] .. id, ARGV[5])
@@ -223,10 +280,12 @@ if ARGV[3] == 'quarantine' then
 else
   found = found + redis.call('DEL', KEYS[3] .. id, KEYS[4] .. id)
 end
-if cur == id then
-  redis.call('HDEL', KEYS[1], 'v', 'id')
+if current then
+  redis.call('HDEL', KEYS[1], 'id', """ + _ROW_FIELDS_LUA + """)
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
   found = 1
+else
+  redis.call('DEL', row)
 end
 if found > 0 then return 1 end
 return 0
@@ -252,13 +311,15 @@ return items
 # that match the filters. The index scores are -last_activity and its members "id K", so its
 # natural order (score, then member bytes) is the listing order: last_activity descending, then
 # id ascending (a space sorts before every character of an id). Rows are read from keys built
-# from the member (they are in the same slot as the index, see the layout notes).
+# from the member (they are in the same slot as the index, see the layout notes): the pointer
+# first (it holds the current session's row), then the row of a replaced session.
 # KEYS: 1 listing index
 # ARGV: 1 min score ('-inf', a score, or '(' score; with a cursor: the cursor's score),
 #       2 cursor member ('' = none; skip members <= it at the cursor's score), 3 max score
 #       ('+inf' or a score), 4 entries to examine at most, 5 matches wanted,
 #       6 mode ('list' | 'agg'), 7 row key head, 8 row key tail,
-#       9 status, 10 platform, 11 scope, 12 flow, 13 step, 14 key prefix ('' = any)
+#       9 status, 10 platform, 11 scope, 12 flow, 13 step, 14 key prefix ('' = any),
+#       15 pointer key tail (pointer key = head .. key .. tail)
 # -> {done ('1'|'0'), last score, last member, then per match:
 #     list mode: member, score, blob; agg mode: nothing (aggregates follow as field, amount)}
 SCAN = """
@@ -267,6 +328,8 @@ local budget, want, mode = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local status, platform, scope = ARGV[9], ARGV[10], ARGV[11]
 local flow, step, kp = ARGV[12], ARGV[13], ARGV[14]
 local out, agg = {}, {}
+local fields = {'st', 'fl', 'sp', 'b'}
+if mode ~= 'list' then fields = {'st', 'fl', 'sp', 'ag', 'nm', 'nk', 'nd'} end
 local found, examined, offset = 0, 0, 0
 local last_score, last_member = min, after
 local done = '1'
@@ -290,24 +353,24 @@ while true do
         if scope ~= '' and string.sub(key, c1 + 1, c2 - 1) ~= scope then ok = false end
       end
       if ok then
-        local row = ARGV[7] .. key .. ARGV[8] .. id
-        local f
-        if mode == 'list' then f = redis.call('HMGET', row, 'st', 'fl', 'sp', 'b')
-        else f = redis.call('HMGET', row, 'st', 'fl', 'sp', 'ag', 'nm', 'nk', 'nd') end
-        if not f[4] then ok = false
-        elseif status ~= '' and f[1] ~= status then ok = false
-        elseif flow ~= '' and f[2] ~= flow then ok = false
-        elseif step ~= '' and f[3] ~= step then ok = false end
+        local f = redis.call('HMGET', ARGV[7] .. key .. ARGV[15], 'id', unpack(fields))
+        if f[1] ~= id then
+          f = redis.call('HMGET', ARGV[7] .. key .. ARGV[8] .. id, 'id', unpack(fields))
+        end
+        if not f[5] then ok = false
+        elseif status ~= '' and f[2] ~= status then ok = false
+        elseif flow ~= '' and f[3] ~= flow then ok = false
+        elseif step ~= '' and f[4] ~= step then ok = false end
         if ok then
           found = found + 1
           if mode == 'list' then
-            out[#out + 1] = member; out[#out + 1] = score; out[#out + 1] = f[4]
+            out[#out + 1] = member; out[#out + 1] = score; out[#out + 1] = f[5]
           else
-            local a = cjson.decode(f[4])
+            local a = cjson.decode(f[5])
             for j = 1, #a, 2 do agg[a[j]] = (agg[a[j]] or 0) + a[j + 1] end
-            agg['m'] = (agg['m'] or 0) + (tonumber(f[5]) or 0)
-            agg['k'] = (agg['k'] or 0) + (tonumber(f[6]) or 0)
-            agg['d'] = (agg['d'] or 0) + (tonumber(f[7]) or 0)
+            agg['m'] = (agg['m'] or 0) + (tonumber(f[6]) or 0)
+            agg['k'] = (agg['k'] or 0) + (tonumber(f[7]) or 0)
+            agg['d'] = (agg['d'] or 0) + (tonumber(f[8]) or 0)
           end
         end
       end
