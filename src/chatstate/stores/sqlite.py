@@ -11,11 +11,12 @@ together are written there in one transaction (group commit); each commit's comp
 checked on its own, and a refused one (conflict, lost lease) has written nothing, so the others
 go on. The event loop has a connection of its own that never waits (busy timeout 0) and never
 checkpoints: point reads (`load`, `load_by_id`) run there, since a read in WAL mode does not wait
-for writers; and so does one write per event-loop iteration (a lone update's lease or commit)
-when no write is pending in the worker and no fsync is due (synchronous normal or off): it is
-then a few page writes to the log, cheaper than the two thread wake-ups of a hop. Whatever would
-wait (the write lock held by another process, synchronous=full, checkpoints) goes to the worker.
-Commits on the loop yield once to the event loop, as a hop would.
+for writers. When no fsync is due (synchronous normal or off) and the worker has no write
+pending, the leases and commits of one event-loop iteration are written there too, in one
+transaction at the end of the iteration (group commit without a thread hop: the two thread
+wake-ups of a hop cost more than the few page writes to the log). Whatever would wait (the write
+lock held by another process, synchronous=full, checkpoints) goes to the worker. A commit always
+yields to the event loop at least once, as a hop would.
 
 Several processes may open one file: the store is `shared`, so the engine takes leases (kept in
 the file) and writers wait for each other up to `busy_timeout` seconds before `StoreUnavailable`
@@ -247,69 +248,77 @@ class _Worker(threading.Thread):
                 pass  # that event loop is closed: nobody is waiting any more
 
     def _run_batch(self, batch: list[_Job], results: list[_Result]) -> None:
-        conn = self.conn
-        if not batch:
-            return
-        if conn is None or not any(job.write for job in batch):
-            for job in batch:
-                try:
-                    results.append((job, job.fn(conn), None))  # type: ignore[arg-type]
-                except BaseException as exc:
-                    results.append((job, None, self._translate(exc)))
-            return
+        run_batch(self.conn, batch, results, self.describe)
+
+
+
+def run_batch(
+    conn: sqlite3.Connection | None, batch: list[_Job], results: list[_Result], describe: str,
+    *, begun: bool = False,
+) -> None:
+    """Run jobs in order, the writes in one transaction (`begun`: BEGIN IMMEDIATE is done).
+    A write job either refuses before writing (`_REFUSALS`: it fails alone) or its failure
+    rolls the transaction back: after a database error every write of the batch fails, after
+    any other error the others run again without the failing job."""
+    if not batch:
+        return
+    if conn is None or not any(job.write for job in batch):
+        for job in batch:
+            try:
+                results.append((job, job.fn(conn), None))  # type: ignore[arg-type]
+            except BaseException as exc:
+                results.append((job, None, _translate(describe, exc)))
+        return
+    if not begun:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            error = self._unavailable(exc)
+            error = _unavailable(describe, exc)
             for job in batch:
                 if job.write:
                     results.append((job, None, error))
                 else:
-                    self._run_batch([job], results)
+                    run_batch(conn, [job], results, describe)
             return
-        done: list[_Result] = []
-        for index, job in enumerate(batch):
-            try:
-                done.append((job, job.fn(conn), None))
-            except _REFUSALS as exc:
-                done.append((job, None, exc))  # refused before writing: the others go on
-            except BaseException as exc:
-                if not job.write:
-                    done.append((job, None, self._translate(exc)))  # a read changed nothing
-                    continue
-                _rollback(conn)
-                if isinstance(exc, sqlite3.Error):
-                    # The database failed (disk, lock): none of this batch's writes happened.
-                    error = self._unavailable(exc)
-                    for j, value, err in done:
-                        results.append((j, None, error) if j.write else (j, value, err))
-                    results.append((job, None, error))
-                    for j in batch[index + 1:]:
-                        if j.write:
-                            results.append((j, None, error))
-                        else:
-                            self._run_batch([j], results)
-                    return
-                # A job failed unexpectedly, perhaps halfway: run the others again without it.
-                results.append((job, None, exc))
-                others = [j for j in batch if j is not job]
-                if others:
-                    self._run_batch(others, results)
-                return
+    done: list[_Result] = []
+    for index, job in enumerate(batch):
         try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+            done.append((job, job.fn(conn), None))
+        except _REFUSALS as exc:
+            done.append((job, None, exc))  # refused before writing: the others go on
+        except BaseException as exc:
+            if not job.write:
+                done.append((job, None, _translate(describe, exc)))  # a read changed nothing
+                continue
             _rollback(conn)
-            error = self._unavailable(exc)
-            done = [(j, None, error) if j.write and err is None else (j, v, err)
-                    for j, v, err in done]
-        results.extend(done)
+            if isinstance(exc, sqlite3.Error):
+                # The database failed (disk, lock): none of this batch's writes happened.
+                error = _unavailable(describe, exc)
+                for j, value, err in done:
+                    results.append((j, None, error) if j.write else (j, value, err))
+                results.append((job, None, error))
+                for j in batch[index + 1:]:
+                    if j.write:
+                        results.append((j, None, error))
+                    else:
+                        run_batch(conn, [j], results, describe)
+                return
+            # A job failed unexpectedly, perhaps halfway: run the others again without it.
+            results.append((job, None, exc))
+            run_batch(conn, [j for j in batch if j is not job], results, describe)
+            return
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        _rollback(conn)
+        error = _unavailable(describe, exc)
+        done = [(j, None, error) if j.write and err is None else (j, v, err)
+                for j, v, err in done]
+    results.extend(done)
 
-    def _translate(self, exc: BaseException) -> BaseException:
-        return self._unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
 
-    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        return _unavailable(self.describe, exc)
+def _translate(describe: str, exc: BaseException) -> BaseException:
+    return _unavailable(describe, exc) if isinstance(exc, sqlite3.Error) else exc
 
 
 def _checkpoint(conn: sqlite3.Connection) -> Any:
@@ -397,9 +406,8 @@ class SQLiteStore(Store):
         # Writes may run on it only when they can never wait on the disk: no fsync per commit.
         self._loop_writes = mode in ("NORMAL", "OFF")
         self._writes_pending = 0  # write jobs queued for or running in the worker
-        # One write on the loop per event-loop iteration: other writes of the same iteration
-        # are concurrent updates, and group commit in the worker serves them better.
-        self._wrote_this_turn = False
+        # Writes of one event-loop iteration, committed together on the loop's connection.
+        self._loop_batch: builtins.list[_Job] = []
         self._loop_commits = 0  # since the last checkpoint requested from the worker
         self._checkpointing = False
 
@@ -636,41 +644,45 @@ class SQLiteStore(Store):
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a write job: on the loop's connection when that cannot wait (see the module
-        docstring), otherwise in the worker, grouped with the other writes pending there."""
-        conn = self._reader
+        docstring), in one transaction with the other writes of this event-loop iteration;
+        otherwise in the worker, grouped with the writes pending there."""
         loop = self._reader_loop
         if (
-            conn is None
-            or loop is None
+            loop is None
             or not self._loop_writes
             or self._writes_pending
-            or self._wrote_this_turn
             or loop is not asyncio.get_running_loop()
         ):
             return await self._run(fn, write=True)
+        future: asyncio.Future[T] = loop.create_future()
+        if not self._loop_batch:
+            loop.call_soon(self._flush_loop_batch)
+        self._loop_batch.append(_Job(fn, True, future, loop))
+        return await future
+
+    def _flush_loop_batch(self) -> None:
+        """Write this iteration's batch on the loop's connection, or hand it to the worker
+        when the write lock is taken (by another process, or by the worker meanwhile)."""
+        batch, self._loop_batch = self._loop_batch, []
+        conn, worker = self._reader, self._worker
         try:
+            if conn is None:
+                raise sqlite3.OperationalError("the store was closed")
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error:
-            return await self._run(fn, write=True)  # another writer holds the lock: wait there
-        self._wrote_this_turn = True
-        loop.call_soon(self._next_turn)
-        try:
-            value = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            _rollback(conn)
-            if isinstance(exc, sqlite3.Error):
-                raise _unavailable(repr(self.path), exc) from exc
-            raise
-        self._loop_commits += 1
+            if worker is None:
+                closed = StoreUnavailable(f"SQLiteStore {self.path!r} is closed")
+                _resolve([(job, None, closed) for job in batch])
+                return
+            for job in batch:
+                worker.jobs.put(job)  # the worker waits for the lock (up to busy_timeout)
+            return
+        results: list[_Result] = []
+        run_batch(conn, batch, results, repr(self.path), begun=True)
+        _resolve(results)
+        self._loop_commits += len(batch)
         if self._loop_commits >= CHECKPOINT_EVERY and not self._checkpointing:
             self._request_checkpoint()
-        # Yield once, as a hop would: a task that only writes must not starve the others.
-        await asyncio.sleep(0)
-        return value
-
-    def _next_turn(self) -> None:
-        self._wrote_this_turn = False
 
     def _request_checkpoint(self) -> None:
         """Copy the log into the database in the worker (the loop's connection never does)."""
