@@ -356,7 +356,8 @@ class PostgresStore(Store):
             "load": f"SELECT record FROM {q}.sessions WHERE key = $1 AND is_current",
             "load_by_id": f"SELECT record FROM {q}.sessions WHERE id = $1",
             "lease_and_load": (
-                f"SELECT o_token, o_expires_at, o_record FROM {q}.lease_and_load($1, $2, $3, $4)"
+                # A procedure (see postgres_schema, version 5): never inside a transaction block.
+                f"CALL {q}.lease_and_load($1, $2, $3, $4)"
             ),
             "commit": (
                 f"SELECT outcome, actual FROM {q}.commit_session("
