@@ -370,3 +370,117 @@ async def test_a_failing_read_does_not_undo_the_writes_of_its_batch(tmp_path: Pa
         assert (await store.count()).total == 10
     finally:
         await store.close()
+
+
+try:
+    import fcntl
+
+    HAS_OFD_LOCKS = hasattr(fcntl, "F_OFD_GETLK")
+except ImportError:  # Windows
+    HAS_OFD_LOCKS = False
+
+needs_ofd_locks = pytest.mark.skipif(
+    not HAS_OFD_LOCKS,
+    reason="shared=auto watches other stores through open-file-description locks (Linux)",
+)
+
+HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from chatstate.stores.sqlite import SQLiteStore
+
+    async def main():
+        store = SQLiteStore(sys.argv[1])
+        await store.open()
+        print("open", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await store.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+@needs_ofd_locks
+async def test_shared_auto_takes_leases_only_while_another_store_has_the_file_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "auto.db"
+    first = await _store(path)
+    try:
+        assert first.shared is False  # alone: the engine takes no leases
+        second = await _store(path)  # another store in this process counts too
+        assert first.shared is True and second.shared is True
+        await second.close()
+        assert first.shared is False
+
+        script = tmp_path / "holder.py"
+        script.write_text(HOLDER)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), str(path),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        assert await proc.stdout.readline() == b"open\n"
+        assert first.shared is True  # another process has the file open
+        proc.stdin.write(b"done\n")
+        await proc.stdin.drain()
+        assert await proc.wait() == 0
+        assert first.shared is False
+        assert SQLiteStore(str(path), shared="true").shared is True
+        assert SQLiteStore(str(path), shared=False).shared is False
+    finally:
+        await first.close()
+
+
+@needs_ofd_locks
+async def test_an_update_begun_alone_yields_to_a_lease_taken_meanwhile(tmp_path: Path) -> None:
+    path = tmp_path / "yield.db"
+    first = await _store(path)
+    try:
+        record = new_record("test:user:y", now=T0, data={"n": 0})
+        record.version = 1
+        await first.commit(record, expected=0)
+        loaded = await first.load("test:user:y")  # alone: no lease taken
+        assert loaded is not None and first.shared is False
+
+        second = await _store(path)  # another process starts and takes the key's lease
+        lease, held = await second.lease_and_load("test:user:y", "second", 30)
+        assert lease is not None and held is not None
+        late = msgspec.structs.replace(loaded, version=2, data={"n": 1})
+        with pytest.raises(ConflictError):
+            await first.commit(late, expected=1)  # the lease holder wins
+        mine = msgspec.structs.replace(held, version=2, data={"n": 10})
+        await second.commit(mine, expected=1, lease=lease, release=True)
+
+        # A lease left behind by a store that is gone does not hold back one that is alone.
+        stale, _ = await second.lease_and_load("test:user:y", "second", 30)
+        assert stale is not None
+        await second.close()
+        current = await first.load("test:user:y")
+        assert current is not None and current.data == {"n": 10}
+        await first.commit(msgspec.structs.replace(current, version=3), expected=2)
+    finally:
+        await first.close()
+
+
+@needs_ofd_locks
+async def test_two_managers_on_one_file_serialise_updates_of_a_key(tmp_path: Path) -> None:
+    from chatstate.engine import SessionManager
+
+    path = tmp_path / "managers.db"
+    managers = [SessionManager(await _store(path)) for _ in range(2)]
+    try:
+
+        async def bump(manager: SessionManager) -> None:
+            # session(), not update(): without leases a concurrent commit would raise here.
+            async with manager.session("test:user:both") as s:
+                await asyncio.sleep(0)
+                s.data["n"] = s.data.get("n", 0) + 1
+
+        await asyncio.gather(*(bump(managers[i % 2]) for i in range(40)))
+        record = await managers[0].get("test:user:both")
+        assert record is not None and record.data["n"] == 40
+    finally:
+        for manager in managers:
+            await manager.aclose()

@@ -18,14 +18,20 @@ wake-ups of a hop cost more than the few page writes to the log). Whatever would
 lock held by another process, synchronous=full, checkpoints) goes to the worker. A commit always
 yields to the event loop at least once, as a hop would.
 
-Several processes may open one file: the store is `shared`, so the engine takes leases (kept in
-the file) and writers wait for each other up to `busy_timeout` seconds before `StoreUnavailable`
-is raised.
+Several processes may open one file; writers wait for each other up to `busy_timeout` seconds
+before `StoreUnavailable` is raised. Leases (kept in the file) serialise the updates of one key
+across processes, but they cost a second write per update, so by default (``shared=auto``) the
+store asks for them only while another store has the file open: every open store holds a read
+lock on ``<file>-lock`` (an open-file-description lock, Linux), and `shared` is true while the
+kernel reports a lock that is not ours. An update that began alone and commits once another
+store has opened the file is refused (`ConflictError`) if that store holds a live lease on the
+key, so a lease holder never loses to a writer without one; compare-and-set guards every commit
+either way. Where such locks do not exist, ``auto`` means leases always.
 
 Options (URL query or keyword): ``synchronous`` (normal | full | off), ``busy_timeout``
 (seconds, default 10), ``fts`` (true | false: keyword search through FTS5 when available),
-``shared`` (true by default; ``false`` promises that only this process opens the file, so the
-engine skips leases: one write per update instead of two).
+``shared`` (auto by default, see above; ``true``: leases always; ``false`` promises that only
+this store opens the file: no leases, no lock file).
 """
 
 from __future__ import annotations
@@ -36,10 +42,16 @@ import logging
 import os
 import queue
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlsplit
+
+try:
+    import fcntl
+except ImportError:  # Windows: no open-file-description locks, so shared=auto means leases
+    fcntl = None  # type: ignore[assignment]
 
 import msgspec
 
@@ -348,6 +360,52 @@ def _unavailable(describe: str, exc: BaseException) -> StoreUnavailable:
 # The store
 
 
+def _share_option(value: Any) -> bool | None:
+    if isinstance(value, str) and value.lower() == "auto":
+        return None
+    try:
+        return _bool_option("shared", value)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"option shared={value!r} must be auto (leases while another process has the file "
+            "open), true (leases always) or false (only this process opens the file)"
+        ) from None
+
+
+# Open-file-description locks (Linux): unlike POSIX record locks they belong to one open() of
+# the file, so two stores in one process see each other too. Every open store holds a read lock
+# on byte 0 of <file>-lock; asking the kernel whether a write lock could be taken tells whether
+# another store holds one.
+_OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None) if fcntl is not None else None
+_OFD_GETLK: int | None = getattr(fcntl, "F_OFD_GETLK", None) if fcntl is not None else None
+_FLOCK = "hhqqi4x"  # struct flock on Linux: type, whence, start, len, pid (0 for OFD locks)
+
+
+def _lock_file(path: str) -> int | None:
+    """Open <path>-lock and take the shared read lock; None where OFD locks do not exist."""
+    if fcntl is None or _OFD_SETLK is None or _OFD_GETLK is None:
+        return None
+    fd = os.open(path + "-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.fcntl(fd, _OFD_SETLK, struct.pack(_FLOCK, fcntl.F_RDLCK, os.SEEK_SET, 0, 1, 0))
+    except OSError:
+        os.close(fd)
+        return None  # e.g. a file system without such locks: leases always
+    return fd
+
+
+def _alone(fd: int) -> bool:
+    """True when no other store holds its read lock on the lock file."""
+    assert fcntl is not None and _OFD_GETLK is not None
+    answer = fcntl.fcntl(fd, _OFD_GETLK, _WRITE_LOCK_QUERY)
+    return int(struct.unpack_from("h", answer)[0]) == fcntl.F_UNLCK
+
+
+_WRITE_LOCK_QUERY = (
+    struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0) if fcntl is not None else b""
+)
+
+
 def _bool_option(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -362,7 +420,6 @@ def _bool_option(name: str, value: Any) -> bool:
 class SQLiteStore(Store):
     """Sessions in one SQLite file. See the module docstring for durability and concurrency."""
 
-    shared = True
     codec_format = "json"
 
     def __init__(
@@ -373,13 +430,13 @@ class SQLiteStore(Store):
         synchronous: str = "normal",
         busy_timeout: float = 10.0,
         fts: bool = True,
-        shared: bool = True,
+        shared: bool | str = "auto",
         clock: Clock | None = None,
     ) -> None:
         super().__init__(codec=codec)
-        # False promises that no other process opens the file: the engine then takes no
-        # leases (one write per update instead of two); compare-and-set still guards commits.
-        self.shared = shared
+        # True/False fix whether the engine takes leases; None (auto) decides per update.
+        self._share: bool | None = _share_option(shared)
+        self._lock_fd: int | None = None  # the read lock on <file>-lock (auto mode, open)
         mode = _SYNC_MODES.get(str(synchronous).lower())
         if mode is None:
             raise ConfigurationError(
@@ -441,10 +498,23 @@ class SQLiteStore(Store):
                 f"unknown sqlite:// option(s) {sorted(unknown)}; known: synchronous, "
                 "busy_timeout, fts, shared"
             )
-        for name in ("fts", "shared"):
-            if name in merged:
-                merged[name] = _bool_option(name, merged[name])
+        if "fts" in merged:
+            merged["fts"] = _bool_option("fts", merged["fts"])
         return cls(path, **merged)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the engine should take leases: in auto mode, while another store has the
+        file open (one system call: the kernel keeps the count)."""
+        share = self._share
+        if share is not None:
+            return share
+        fd = self._lock_fd
+        return fd is None or not _alone(fd)
+
+    @shared.setter
+    def shared(self, value: bool | str) -> None:
+        self._share = _share_option(value)
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -483,6 +553,9 @@ class SQLiteStore(Store):
         reader, self._reader, self._reader_loop = self._reader, None, None
         if reader is not None:
             reader.close()
+        lock_fd, self._lock_fd = self._lock_fd, None
+        if lock_fd is not None:
+            os.close(lock_fd)  # other stores see it at once (leases again only if needed)
         worker.jobs.put(None)
         await asyncio.get_running_loop().run_in_executor(None, worker.join, 10.0)
 
@@ -494,6 +567,13 @@ class SQLiteStore(Store):
             worker.conn = conn
             try:
                 reader = self._connect_reader()
+                if self._share is None:
+                    if self.path == ":memory:":
+                        self._share = False  # no other connection can ever see it
+                    else:
+                        self._lock_fd = _lock_file(self.path)
+                        if self._lock_fd is None:
+                            self._share = True
             except BaseException:
                 worker.conn = None
                 conn.close()
@@ -741,16 +821,25 @@ class SQLiteStore(Store):
         clock = self.clock
         fts = self._fts
         fast = expected > 0 and version == expected + 1
+        # Auto mode: an update that took no lease (it began alone) yields to a lease holder.
+        lock_fd = self._lock_fd if lease is None and self._share is None else None
         if lease is None:
+            lease_params: tuple[Any, ...] = ()
             cas, cas_params = _CAS_UPDATE, (*row, expected)
         else:
             lease_params = (lease.key, lease.owner, lease.token)
             cas, cas_params = _CAS_UPDATE_LEASED, (*row, expected, *lease_params)
 
         def job(conn: sqlite3.Connection) -> None:
-            now = clock.now() if lease is not None else 0.0
+            # Inside the transaction: a store opening meanwhile writes its leases after it.
+            guarded = lock_fd is not None and not _alone(lock_fd)
+            now = clock.now() if lease is not None or guarded else 0.0
+            if guarded:
+                sql, params = _CAS_UPDATE_UNLEASED, (*cas_params, now)
+            else:
+                sql, params = cas, (*cas_params, now) if lease else cas_params
             # The common case in one statement: same session, expected version (and lease held).
-            if fast and conn.execute(cas, (*cas_params, now) if lease else cas_params).rowcount:
+            if fast and conn.execute(sql, params).rowcount:
                 pass
             else:
                 # Nothing written yet: find out why, refuse, or write a new session.
@@ -758,6 +847,8 @@ class SQLiteStore(Store):
                     _LEASE_HELD, (*lease_params, now)
                 ).fetchall():
                     raise LeaseLost(lease.key, lease.token)
+                if guarded and conn.execute(_LEASE_LIVE, (key, now)).fetchall():
+                    raise ConflictError(key, expected)  # another store's update holds the key
                 current = conn.execute(
                     "SELECT id, version FROM sessions WHERE key = ? AND current = 1", (key,)
                 ).fetchall()
@@ -1186,6 +1277,8 @@ UPDATE sessions SET
     due_expire = ?20, due_purge = ?21
 WHERE id = ?1 AND key = ?2 AND current = 1 AND version = ?22"""
 _CAS_UPDATE = _CAS_SET
+_CAS_UPDATE_UNLEASED = _CAS_SET + """
+    AND NOT EXISTS (SELECT 1 FROM leases WHERE key = ?2 AND expires_at > ?23)"""
 _CAS_UPDATE_LEASED = _CAS_SET + """
     AND EXISTS (SELECT 1 FROM leases WHERE key = ?23 AND owner = ?24 AND token = ?25
                 AND expires_at > ?26)"""
@@ -1201,6 +1294,7 @@ ON CONFLICT (key) DO UPDATE SET
 RETURNING token, (SELECT blob FROM sessions WHERE key = ?1 AND current = 1)
 """
 _RELEASE_LEASE = "UPDATE leases SET expires_at = 0 WHERE key = ? AND token = ?"
+_LEASE_LIVE = "SELECT 1 FROM leases WHERE key = ? AND expires_at > ?"
 _LEASE_HELD = (
     "SELECT 1 FROM leases WHERE key = ? AND owner = ? AND token = ? AND expires_at > ?"
 )
