@@ -65,7 +65,7 @@ from ..errors import (
     SchemaError,
     StoreUnavailable,
 )
-from ..model import HistoryChanges, Message, SessionRecord, SessionRef, Summary
+from ..model import HistoryChanges, Message, SessionRecord, SessionRef, Status, Summary
 from ._common import check_kind, decode_cursor, encode_cursor, flow_step_name, prefix_upper_bound
 from .base import (
     DUE_KINDS,
@@ -154,6 +154,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 # Keyword search: the text of each message, rowid = messages.rowid.
 _FTS_SCHEMA = "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(body)"
+
+_encode_json = msgspec.json.encode
 
 _SYNC_MODES = {"normal": "NORMAL", "full": "FULL", "off": "OFF", "extra": "EXTRA"}
 _TRUE = {"1", "true", "yes", "on"}
@@ -879,17 +881,22 @@ class SQLiteStore(Store):
         )
 
     def _row(self, record: SessionRecord) -> tuple[Any, ...]:
+        """The sessions row of `record` in `_UPSERT_SESSION` order (the due columns follow
+        `SessionRecord.due_at`: warn and expire only while active)."""
         blob = self.codec.encode(record)
         flow = record.flow
         usage = record.usage
+        labels = record.labels
+        active = record.status is Status.ACTIVE
         return (
             record.id, record.key, record.status.value, record.platform, record.scope,
             flow.name if flow is not None else None, flow.step if flow is not None else None,
             record.created_at, record.last_activity, record.expires_at, record.warn_at,
             record.purge_at, record.close_reason, record.counters.messages,
             usage.input_tokens + usage.output_tokens,
-            msgspec.json.encode(record.labels).decode(), record.version, blob,
-            record.due_at("warn"), record.due_at("expire"), record.due_at("purge"),
+            _encode_json(labels).decode() if labels else "{}", record.version, blob,
+            record.warn_at if active else None, record.expires_at if active else None,
+            record.purge_at,
         )
 
     async def delete(self, key: str, session_id: str | None = None) -> bool:
