@@ -467,6 +467,7 @@ class SQLiteStore(Store):
         self._writes_pending = 0  # write jobs queued for or running in the worker
         # Writes of one event-loop iteration, committed together on the loop's connection.
         self._loop_batch: builtins.list[_Job] = []
+        self._loop_tx_alone = False  # `_alone` at the start of the loop's current transaction
         self._loop_commits = 0  # since the last checkpoint requested from the worker
         self._checkpointing = False
 
@@ -760,11 +761,17 @@ class SQLiteStore(Store):
                 worker.jobs.put(job)  # the worker waits for the lock (up to busy_timeout)
             return
         results: list[_Result] = []
+        # Asked once per transaction (no other store can write a lease before it ends).
+        self._loop_tx_alone = self._lock_fd is None or _alone(self._lock_fd)
         run_batch(conn, batch, results, repr(self.path), begun=True)
         _resolve(results)
         self._loop_commits += len(batch)
         if self._loop_commits >= CHECKPOINT_EVERY and not self._checkpointing:
             self._request_checkpoint()
+
+    def _alone_in(self, conn: sqlite3.Connection, lock_fd: int) -> bool:
+        """Whether no other store has the file open, seen from a write transaction on `conn`."""
+        return self._loop_tx_alone if conn is self._reader else _alone(lock_fd)
 
     def _request_checkpoint(self) -> None:
         """Copy the log into the database in the worker (the loop's connection never does)."""
@@ -834,7 +841,7 @@ class SQLiteStore(Store):
 
         def job(conn: sqlite3.Connection) -> None:
             # Inside the transaction: a store opening meanwhile writes its leases after it.
-            guarded = lock_fd is not None and not _alone(lock_fd)
+            guarded = lock_fd is not None and not self._alone_in(conn, lock_fd)
             now = clock.now() if lease is not None or guarded else 0.0
             if guarded:
                 sql, params = _CAS_UPDATE_UNLEASED, (*cas_params, now)
