@@ -416,7 +416,7 @@ async def test_a_commit_whose_answer_was_lost_is_retried_once(machine_store: Red
 
     async def answer_lost_once(**kwargs: Any) -> Any:
         result = await real(**kwargs)  # the server applies the commit ...
-        calls.append(kwargs["args"][22])  # the commit mark (ARGV[23])
+        calls.append(kwargs["args"][3])  # the commit mark (ARGV[4])
         if len(calls) == 1:  # ... but the answer never arrives
             raise redis_exceptions.ConnectionError("connection reset by peer")
         return result

@@ -111,6 +111,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 log = logging.getLogger("chatstate.stores.redis")
 
 T = TypeVar("T")
+_json_encode = msgspec.json.Encoder().encode
 
 DEFAULT_PREFIX = "chatstate"
 DEFAULT_CLUSTER_BUCKETS = 16
@@ -186,28 +187,31 @@ class _Layout:
 
 
 class _Contribution:
-    """What one stored row adds to the aggregates (the `ag` field), and its filter fields."""
+    """What one stored row adds to the aggregates, and its filter fields."""
 
     @staticmethod
-    def sums(record: SessionRecord) -> tuple[int, int, int]:
-        """Messages handled, tokens used and duration in ms: summed by the aggregates."""
-        tokens = record.usage.input_tokens + record.usage.output_tokens
-        duration = round(max(0.0, record.last_activity - record.created_at) * 1000)
-        return record.counters.messages, tokens, duration
-
-    @staticmethod
-    def of(record: SessionRecord) -> bytes:
-        """The categorical part (counts by status, platform, reason, step, label)."""
+    def meta(record: SessionRecord, purge: str, backstop: bool) -> bytes:
+        """The commit script's `meta` argument: what rarely changes, packed so that the script
+        compares one string (see redis_scripts.COMMIT): status, flow, step, whether a GC
+        backstop is set, purge due time, tokens used, and the categorical contribution (counts
+        by status, platform, close reason, flow step, label)."""
         status = record.status.value
-        out: list[Any] = ["t", 1, "s:" + status, 1, "p:" + record.platform, 1]
+        contribution: list[Any] = ["t", 1, "s:" + status, 1, "p:" + record.platform, 1]
         if record.close_reason:
-            out += ["c:" + record.close_reason, 1]
+            contribution += ["c:" + record.close_reason, 1]
         flow = record.flow
         if flow is not None and record.status is Status.ACTIVE:
-            out += [f"f:{flow.name}:{flow.step or ''}", 1]
-        for name, value in sorted(record.labels.items()):
-            out += [f"l:{name}{_LABEL_SEP}{value}", 1]
-        return msgspec.json.encode(out)
+            contribution.append(f"f:{flow.name}:{flow.step or ''}")
+            contribution.append(1)
+        if record.labels:
+            for name, value in sorted(record.labels.items()):
+                contribution += [f"l:{name}{_LABEL_SEP}{value}", 1]
+        usage = record.usage
+        return _json_encode([
+            status, flow.name if flow else "", (flow.step or "") if flow else "",
+            "1" if backstop else "0", purge, usage.input_tokens + usage.output_tokens,
+            contribution,
+        ])
 
 
 def _stats_from(fields: dict[str, int], labels: Sequence[str]) -> SessionStats:
@@ -324,6 +328,7 @@ class RedisStore(Store):
         # standalone client's BlockingConnectionPool waits by itself.)
         self._slots = asyncio.Semaphore(max_connections) if self.cluster else None
         self._scripts: dict[str, Any] = {}
+        self._commit_index_keys: dict[int, list[str]] = {}
 
     # -- construction -----------------------------------------------------------------------
 
@@ -546,42 +551,41 @@ class RedisStore(Store):
         if lease is not None and lease.key != key:
             raise ConfigurationError(f"lease for {lease.key!r} used to commit {key!r}")
         blob = self.codec.encode(record)
-        layout = self.layout
-        bucket = layout.bucket(key)
-        base = layout.base(key)
+        base = self.layout.base(key)
         sid = record.id
         keys = [
             f"{base}:r", f"{base}:s:", f"{base}:h:{sid}", f"{base}:m:{sid}",
-            *(layout.index(bucket, f"due:{kind}") for kind in DUE_KINDS),
-            layout.index(bucket, "recent"), layout.index(bucket, "agg"),
-            layout.index(bucket, "ids"),
+            *self._index_keys(key),
         ]
         now = self.clock.now()
         gc_ms = 0
+        purge = ""
         if record.purge_at is not None:
+            purge = _float(record.purge_at)
             # A backstop, never sooner than gc_margin from now: a purge_at in the past (a
             # retention of zero, an import of old sessions, a clock far behind the server's)
             # must not make the key vanish before the lifecycle purges it.
             gc_ms = math.ceil(max(self.gc_margin, record.purge_at - now + self.gc_margin) * 1000)
-        changes = history if history is not None else HistoryChanges()
-        dues = [record.due_at(kind) for kind in DUE_KINDS]
-        flow = record.flow
+        warn, expires = record.due_at("warn"), record.due_at("expire")
+        last_activity, created_at = record.last_activity, record.created_at
+        spec = ""
+        if history:
+            drop = history.drop_messages_through
+            spec = (f"{len(history.append)} {len(history.summaries)} "
+                    f"{'-' if drop is None else int(drop)} {int(history.drop_summaries)}")
         args: list[Any] = [
-            expected, record.version, sid, blob, _Contribution.of(record), record.status.value,
-            flow.name if flow else "", (flow.step or "") if flow else "",
-            _float(-record.last_activity),
-            *("" if at is None else _float(at) for at in dues),
+            record.version, sid, blob, os.urandom(12).hex(),
             lease.owner if lease else "", lease.token if lease else 0, _float(now),
-            "1" if release else "0", gc_ms,
-            "" if changes.drop_messages_through is None else changes.drop_messages_through,
-            "1" if changes.drop_summaries else "0", key,
-            len(changes.append), len(changes.summaries), os.urandom(12).hex(),
-            *_Contribution.sums(record),
+            "1" if release else "0", _float(-last_activity),
+            "" if warn is None else _float(warn), "" if expires is None else _float(expires),
+            record.counters.messages, round(max(0.0, last_activity - created_at) * 1000),
+            _Contribution.meta(record, purge, gc_ms > 0), key, gc_ms, spec,
         ]
-        for message in changes.append:
-            args += [message.seq, self.codec.encode_message(message)]
-        for summary in changes.summaries:
-            args += [summary.end_seq, self.codec.encode_summary(summary)]
+        if history:
+            for message in history.append:
+                args += [message.seq, self.codec.encode_message(message)]
+            for summary in history.summaries:
+                args += [summary.end_seq, self.codec.encode_summary(summary)]
         # Retrying is safe: every attempt carries the same random mark, stored with the row,
         # so an attempt that finds its own mark knows that an earlier one whose answer was lost
         # was applied. Content is never compared: another writer may commit identical bytes.
@@ -592,6 +596,20 @@ class RedisStore(Store):
             assert lease is not None
             raise LeaseLost(key, lease.token)
         raise ConflictError(key, expected, int(value) or None)
+
+    def _index_keys(self, key: str) -> list[str]:
+        """KEYS[5..10] of the commit script: the due indexes, listing, aggregates and ids of
+        the key's bucket (built once per bucket)."""
+        bucket = self.layout.bucket(key)
+        names = self._commit_index_keys.get(bucket)
+        if names is None:
+            index = self.layout.index
+            names = [
+                *(index(bucket, f"due:{kind}") for kind in DUE_KINDS),
+                index(bucket, "recent"), index(bucket, "agg"), index(bucket, "ids"),
+            ]
+            self._commit_index_keys[bucket] = names
+        return names
 
     def _remove_keys(self, key: str) -> list[str]:
         layout = self.layout

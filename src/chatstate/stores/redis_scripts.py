@@ -65,7 +65,9 @@ return ARGV[1]
 # the current session's row (id, v and the ROW_FIELDS), so that a lease-and-load is one read
 # and one write of one key, and a commit reads and writes that one key (plus the indexes whose
 # value changed). A replaced session's row moves to B:s:<id>.
-ROW_FIELDS = ("b", "v", "ag", "st", "fl", "sp", "gc", "nm", "nk", "nd", "c", "w", "x", "p", "la")
+ROW_FIELDS = (
+    "b", "v", "ag", "st", "fl", "sp", "gc", "nm", "nk", "nd", "c", "w", "x", "p", "la", "mt",
+)
 _ROW_FIELDS_LUA = ", ".join(f"'{name}'" for name in ROW_FIELDS)
 
 # KEYS: 1 pointer
@@ -118,35 +120,47 @@ return 0
 # values are the row's own fields: 'la' the listing score, 'w'/'x'/'p' the due times, 'ag' and
 # the sums the aggregate contribution). A due time that is set is always rewritten (a claim
 # pushed its entry; the commit puts it back at the record's time); an unset one is removed only
-# if it was set before (no entry can exist otherwise). No cjson unless the categorical
-# contribution changed.
+# if it was set before (no entry can exist otherwise).
+#
+# What changes with every message travels in its own argument (listing score, warn and expiry
+# times, message and duration sums). What rarely changes (status, flow, step, whether a GC
+# backstop is set, purge time, tokens, the categorical contribution) travels packed in one JSON
+# argument, `meta`, stored as it came in 'mt': when it equals the stored one, none of those
+# indexes is looked at and nothing is decoded; otherwise (and for a session new at the key) the
+# script decodes it, applies the differences and writes the individual fields that listings,
+# counts and deletions read.
 #
 # KEYS: 1 pointer, 2 row prefix, 3 history, 4 summaries, 5-7 due warn/expire/purge,
 #       8 listing index, 9 aggregates, 10 id -> key index
-# ARGV: 1 expected, 2 new version, 3 id, 4 blob, 5 ag, 6 status, 7 flow, 8 step,
-#       9 listing score (-last_activity), 10-12 due warn/expire/purge ('' = none),
-#       13 lease owner ('' = no lease), 14 lease token, 15 now, 16 release ('1'),
-#       17 GC backstop in ms ('0' = none), 18 drop messages through ('' = no),
-#       19 drop summaries ('1'), 20 canonical key, 21 n messages, 22 n summaries,
-#       23 commit mark (random, the same for every attempt of one commit() call),
-#       24 messages handled, 25 tokens, 26 duration (ms),
-#       27.. (seq, blob) per message then (end_seq, blob) per summary
+# ARGV: 1 new version (the stored one must be one less), 2 id, 3 blob,
+#       4 commit mark (random, the same for every attempt of one commit() call),
+#       5 lease owner ('' = no lease), 6 lease token, 7 now, 8 release ('1'),
+#       9 listing score (-last_activity), 10 warn due, 11 expire due ('' = none),
+#       12 messages handled, 13 duration (ms),
+#       14 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
+#          tokens, [field, amount, ...] (the categorical contribution)],
+#       15 canonical key, 16 GC backstop in ms ('0' = none),
+#       17 history: '' = no change, else "<n messages> <n summaries> <drop messages through
+#          ('-' = no)> <drop summaries ('1'|'0')>", 18.. (seq, blob) per message then
+#          (end_seq, blob) per summary
 # -> {1, version} committed (or found applied by an earlier attempt of this same call, whose
 #    answer was lost: recognised by its mark, never by content, since another writer may have
 #    committed identical bytes); {0, stored version} version conflict; {-1, stored token}
 #    lease lost
 COMMIT = """
-local f = redis.call('HMGET', KEYS[1], 'v', 'id', 'o', 't', 'e', 'c', 'ag', 'gc', 'nm', 'nk',
-  'nd', 'w', 'x', 'p', 'la')
-local curv, id = tonumber(f[1]) or 0, ARGV[3]
-if curv == tonumber(ARGV[2]) and f[2] == id and f[6] == ARGV[23] then return {1, curv} end
-if ARGV[13] ~= '' and (f[3] ~= ARGV[13] or f[4] ~= ARGV[14]
-    or (tonumber(f[5]) or 0) <= tonumber(ARGV[15])) then
+local f = redis.call('HMGET', KEYS[1], 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'la', 'w', 'x',
+  'nm', 'nd')
+local version, id = tonumber(ARGV[1]), ARGV[2]
+local curv = tonumber(f[1]) or 0
+if curv == version and f[2] == id and f[6] == ARGV[4] then return {1, curv} end
+if ARGV[5] ~= '' and (f[3] ~= ARGV[5] or f[4] ~= ARGV[6]
+    or (tonumber(f[5]) or 0) <= tonumber(ARGV[7])) then
   return {-1, tonumber(f[4]) or 0}
 end
-if curv ~= tonumber(ARGV[1]) then return {0, curv} end
-local old = f
-if f[2] ~= id then
+if curv ~= version - 1 then return {0, curv} end
+local old, rare = f, nil  -- rare: the previous ag, gc, p, nk (read only when meta changed)
+local fresh = f[2] ~= id
+if fresh then
   if f[2] then  -- the replaced session keeps its row (and its expiry) under its own id
     local names = {""" + _ROW_FIELDS_LUA + """}
     local values = redis.call('HMGET', KEYS[1], unpack(names))
@@ -162,52 +176,69 @@ if f[2] ~= id then
   -- A row already stored under this id (a replaced session committed again) moves into the
   -- pointer: its contribution and due entries are the ones this commit replaces.
   local name = KEYS[2] .. id
-  old = redis.call('HMGET', name, 'v', 'id', 'o', 't', 'e', 'c', 'ag', 'gc', 'nm', 'nk', 'nd',
-    'w', 'x', 'p', 'la')
+  old = redis.call('HMGET', name, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'la', 'w', 'x', 'nm', 'nd',
+    'ag', 'gc', 'p', 'nk')
+  rare = {old[13], old[14], old[15], old[16]}
   if old[1] then redis.call('DEL', name) end
-  redis.call('HSET', KEYS[10], id, ARGV[20])
+  redis.call('HSET', KEYS[10], id, ARGV[15])
 end
-local agg = KEYS[9]
-if old[7] ~= ARGV[5] then
-  local delta = {}
-  if old[7] then
-    local a = cjson.decode(old[7])
-    for i = 1, #a, 2 do delta[a[i]] = (delta[a[i]] or 0) - a[i + 1] end
-  end
-  local a = cjson.decode(ARGV[5])
-  for i = 1, #a, 2 do delta[a[i]] = (delta[a[i]] or 0) + a[i + 1] end
-  for field, amount in pairs(delta) do
-    if amount ~= 0 then redis.call('HINCRBY', agg, field, string.format('%d', amount)) end
-  end
-end
-local d = (tonumber(ARGV[24]) or 0) - (tonumber(old[9]) or 0)
+local agg, meta = KEYS[9], ARGV[14]
+local d = (tonumber(ARGV[12]) or 0) - (tonumber(old[11]) or 0)
 if d ~= 0 then redis.call('HINCRBY', agg, 'm', string.format('%d', d)) end
-d = (tonumber(ARGV[25]) or 0) - (tonumber(old[10]) or 0)
-if d ~= 0 then redis.call('HINCRBY', agg, 'k', string.format('%d', d)) end
-d = (tonumber(ARGV[26]) or 0) - (tonumber(old[11]) or 0)
+d = (tonumber(ARGV[13]) or 0) - (tonumber(old[12]) or 0)
 if d ~= 0 then redis.call('HINCRBY', agg, 'd', string.format('%d', d)) end
-if ARGV[16] == '1' and ARGV[13] ~= '' then
-  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'id', id, 'b', ARGV[4], 'ag', ARGV[5],
-    'st', ARGV[6], 'fl', ARGV[7], 'sp', ARGV[8], 'gc', ARGV[17], 'nm', ARGV[24],
-    'nk', ARGV[25], 'nd', ARGV[26], 'c', ARGV[23], 'w', ARGV[10], 'x', ARGV[11],
-    'p', ARGV[12], 'la', ARGV[9], 'o', '', 'e', '0')
+if ARGV[8] == '1' and ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'id', id, 'b', ARGV[3], 'c', ARGV[4], 'mt', meta,
+    'la', ARGV[9], 'w', ARGV[10], 'x', ARGV[11], 'nm', ARGV[12], 'nd', ARGV[13], 'o', '', 'e', '0')
 else
-  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'id', id, 'b', ARGV[4], 'ag', ARGV[5],
-    'st', ARGV[6], 'fl', ARGV[7], 'sp', ARGV[8], 'gc', ARGV[17], 'nm', ARGV[24],
-    'nk', ARGV[25], 'nd', ARGV[26], 'c', ARGV[23], 'w', ARGV[10], 'x', ARGV[11],
-    'p', ARGV[12], 'la', ARGV[9])
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'id', id, 'b', ARGV[3], 'c', ARGV[4], 'mt', meta,
+    'la', ARGV[9], 'w', ARGV[10], 'x', ARGV[11], 'nm', ARGV[12], 'nd', ARGV[13])
 end
-if ARGV[9] ~= old[15] then redis.call('ZADD', KEYS[8], ARGV[9], id .. ' ' .. ARGV[20]) end
-local member = ARGV[20] .. ' ' .. id
-for i = 0, 2 do
-  local at, was = ARGV[10 + i], old[12 + i]
+if ARGV[9] ~= old[8] then redis.call('ZADD', KEYS[8], ARGV[9], id .. ' ' .. ARGV[15]) end
+local member = ARGV[15] .. ' ' .. id
+for i = 0, 1 do
+  local at, was = ARGV[10 + i], old[9 + i]
   if at ~= '' then redis.call('ZADD', KEYS[5 + i], at, member)
   elseif was and was ~= '' then redis.call('ZREM', KEYS[5 + i], member) end
 end
-local nm, ns = tonumber(ARGV[21]), tonumber(ARGV[22])
-if ARGV[18] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[18]) end
-if ARGV[19] == '1' then redis.call('DEL', KEYS[4]) end
-if nm + ns > 0 then
+if fresh or old[7] ~= meta then
+  if not rare then rare = redis.call('HMGET', KEYS[1], 'ag', 'gc', 'p', 'nk') end
+  local m = cjson.decode(meta)
+  local ag = cjson.encode(m[7])
+  if rare[1] ~= ag then
+    local delta = {}
+    if rare[1] then
+      local a = cjson.decode(rare[1])
+      for i = 1, #a, 2 do delta[a[i]] = (delta[a[i]] or 0) - a[i + 1] end
+    end
+    local a = m[7]
+    for i = 1, #a, 2 do delta[a[i]] = (delta[a[i]] or 0) + a[i + 1] end
+    for field, amount in pairs(delta) do
+      if amount ~= 0 then redis.call('HINCRBY', agg, field, string.format('%d', amount)) end
+    end
+  end
+  d = m[6] - (tonumber(rare[4]) or 0)
+  if d ~= 0 then redis.call('HINCRBY', agg, 'k', string.format('%d', d)) end
+  if m[5] ~= '' then redis.call('ZADD', KEYS[7], m[5], member)
+  elseif rare[3] and rare[3] ~= '' then redis.call('ZREM', KEYS[7], member) end
+  redis.call('HSET', KEYS[1], 'ag', ag, 'st', m[1], 'fl', m[2], 'sp', m[3], 'gc', m[4],
+    'p', m[5], 'nk', string.format('%d', m[6]))
+  if m[4] == '0' and rare[2] and rare[2] ~= '0' then  -- the backstop is lifted
+    redis.call('PERSIST', KEYS[1]); redis.call('PERSIST', KEYS[3]); redis.call('PERSIST', KEYS[4])
+  elseif m[4] == '0' and fresh then
+    redis.call('PERSIST', KEYS[1])  -- a pointer created by a lease had a backstop expiry
+  end
+end
+if ARGV[16] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[16])
+  redis.call('PEXPIRE', KEYS[3], ARGV[16])
+  redis.call('PEXPIRE', KEYS[4], ARGV[16])
+end
+if ARGV[17] ~= '' then
+  local nm, ns, drop, dropsum = string.match(ARGV[17], '^(%d+) (%d+) (%S+) (%d)$')
+  nm, ns = tonumber(nm), tonumber(ns)
+  if drop ~= '-' then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', drop) end
+  if dropsum == '1' then redis.call('DEL', KEYS[4]) end
   -- ZADD (score, member) pairs at most 500 per call: unpack() of a large table overflows
   -- Lua's C stack, and the script stays one atomic step however many calls it makes.
   local function zadd_chunked(key, first, count)
@@ -222,19 +253,10 @@ if nm + ns > 0 then
       done = last + 1
     end
   end
-  zadd_chunked(KEYS[3], 27, nm)
-  zadd_chunked(KEYS[4], 27 + 2 * nm, ns)
+  zadd_chunked(KEYS[3], 18, nm)
+  zadd_chunked(KEYS[4], 18 + 2 * nm, ns)
 end
-if ARGV[17] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[17])
-  redis.call('PEXPIRE', KEYS[3], ARGV[17])
-  redis.call('PEXPIRE', KEYS[4], ARGV[17])
-elseif old[8] and old[8] ~= '0' then
-  redis.call('PERSIST', KEYS[1]); redis.call('PERSIST', KEYS[3]); redis.call('PERSIST', KEYS[4])
-elseif f[2] ~= id then
-  redis.call('PERSIST', KEYS[1])  -- a pointer created by a lease had a backstop expiry
-end
-return {1, tonumber(ARGV[2])}
+return {1, version}
 """
 
 # KEYS: 1 pointer, 2 row prefix, 3 history prefix, 4 summaries prefix,
