@@ -469,13 +469,54 @@ async def test_concurrent_claimers_split_the_due_sessions(schema: str) -> None:
 
 
 async def test_claiming_reads_the_partial_due_index(schema: str, admin: asyncpg.Connection) -> None:
-    await upgrade(store_url(schema))
-    await admin.execute(f'SET search_path TO "{schema}"')
+    store = PostgresStore.from_url(store_url(schema))
+    await store.open()
+    await store.close()
     await admin.execute("SET enable_seqscan TO off")  # an empty table would favour a seq scan
-    plan = "\n".join(r[0] for r in await admin.fetch(
-        "EXPLAIN SELECT id FROM sessions WHERE expires_at <= 1 ORDER BY expires_at LIMIT 5 "
-        "FOR UPDATE SKIP LOCKED"))
+    statement = store._sql["claim_expire"].replace("$1", "1.0::float8").replace(
+        "$2", "5").replace("$3", "30.0::float8")
+    plan = "\n".join(r[0] for r in await admin.fetch(f"EXPLAIN {statement}"))
     assert "sessions_due_expire" in plan
+
+
+async def test_commits_are_hot_updates_that_touch_no_index(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    """Within one minute bucket of last_activity and expires_at, a commit rewrites the row
+    on its page and inserts no index entry (postgres_schema, version 6)."""
+    table = f'"{schema}".sessions'
+
+    async def updated() -> tuple[int, int]:
+        # Backends flush table statistics when they exit: wait until the counts settle.
+        last = None
+        for _ in range(40):
+            await admin.execute("SELECT pg_stat_clear_snapshot()")
+            row = await admin.fetchrow(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                "WHERE relid = $1::regclass", table)
+            now = (int(row["n_tup_upd"]), int(row["n_tup_hot_upd"]))
+            if now == last:
+                return now
+            last = now
+            await asyncio.sleep(0.1)
+        raise AssertionError("table statistics did not settle")
+
+    async def run(updates: int) -> None:
+        store = PostgresStore.from_url(store_url(schema))
+        await store.open()
+        try:
+            for _ in range(updates):
+                for i in range(3):
+                    await one_update(store, f"telegram:user:{i}")
+        finally:
+            await store.close()
+
+    await run(1)  # creates the sessions (inserts)
+    before = await updated()
+    await run(5)
+    after = await updated()
+    assert after[0] - before[0] >= 15
+    assert after[1] - before[1] >= 15  # every one of them HOT
 
 
 # -- search, options --------------------------------------------------------------------------

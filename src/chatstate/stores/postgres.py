@@ -183,6 +183,12 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
     return last_activity, session_id
 
 
+def _bucket(param: int) -> str:
+    """SQL for the minute bucket of time parameter `$param`, as the generated columns compute
+    it (postgres_schema, version 6)."""
+    return f"floor(${param}::float8 / {schema_sql.TIME_BUCKET_SECONDS})::bigint"
+
+
 class _Where:
     """Builds a WHERE clause from a SessionFilter with numbered parameters."""
 
@@ -201,10 +207,13 @@ class _Where:
             value = getattr(flt, column)
             if value is not None:
                 self.add(f"{column} = {{}}", str(getattr(value, "value", value)))
+        # The bucket terms let the listing index bound the scan (see postgres_schema, v6).
         if flt.updated_since is not None:
             self.add("last_activity >= {}", float(flt.updated_since))
+            self.terms.append(f"activity_bucket >= {_bucket(len(self.params))}")
         if flt.updated_before is not None:
             self.add("last_activity < {}", float(flt.updated_before))
+            self.terms.append(f"activity_bucket <= {_bucket(len(self.params))}")
         if flt.key_prefix is not None:
             self.add("starts_with(key, {})", flt.key_prefix)
         return self
@@ -417,13 +426,19 @@ class PostgresStore(Store):
             ),
             "ping": "SELECT 1",
         }
-        columns = {"warn": "warn_at", "expire": "expires_at", "purge": "purge_at"}
-        for kind, column in columns.items():
+        columns = {
+            "warn": ("warn_at", "warn_bucket"),
+            "expire": ("expires_at", "expire_bucket"),
+            "purge": ("purge_at", "purge_bucket"),
+        }
+        for kind, (column, bucket) in columns.items():
             # One statement: pick the due rows nobody else is claiming (SKIP LOCKED) through
-            # the partial index, push them to now + claim_seconds, return the old due time.
+            # the partial index on the minute bucket (the oldest buckets first, sorted within),
+            # push them to now + claim_seconds, return the old due time.
             sql[f"claim_{kind}"] = (
                 f"WITH due AS (SELECT id, {column} AS at FROM {q}.sessions "
-                f"WHERE {column} <= $1 ORDER BY {column} LIMIT $2 FOR UPDATE SKIP LOCKED) "
+                f"WHERE {bucket} <= {_bucket(1)} AND {column} <= $1 "
+                f"ORDER BY {bucket}, {column} LIMIT $2 FOR UPDATE SKIP LOCKED) "
                 f"UPDATE {q}.sessions AS s SET {column} = $1 + $3 FROM due "
                 "WHERE s.id = due.id RETURNING s.key, s.id, due.at"
             )
@@ -733,12 +748,14 @@ class PostgresStore(Store):
             # After the cursor in (last_activity desc, id asc); the first term bounds the
             # index range, the second skips what the previous page returned.
             where.terms.append(
-                f"last_activity <= ${n - 1} AND (last_activity < ${n - 1} OR id > ${n})"
+                f"activity_bucket <= {_bucket(n - 1)} AND last_activity <= ${n - 1} "
+                f"AND (last_activity < ${n - 1} OR id > ${n})"
             )
         where.params.append(limit + 1)
+        # The index orders by minute bucket; within one the rows are sorted (incrementally).
         query = (
             f"SELECT id, key, last_activity, record FROM {self._q}.sessions{where.sql} "
-            f"ORDER BY last_activity DESC, id LIMIT ${len(where.params)}"
+            f"ORDER BY activity_bucket DESC, last_activity DESC, id LIMIT ${len(where.params)}"
         )
         rows = await self._read("list", lambda c: c.fetch(query, *where.params))
         more = len(rows) > limit

@@ -648,6 +648,42 @@ $$;
 """,
 )
 
+# Version 6: commits that are HOT updates.
+#
+# Every commit changes last_activity and usually expires_at (the idle deadline slides), and
+# both were indexed (listing, due index): so every commit was a non-HOT update that inserted a
+# new entry into all six indexes of `sessions` (four btree WAL records per update, and index
+# bloat until a vacuum). Now the listing and due indexes hold minute buckets of those times
+# (stored generated columns), which change once a minute per session at most; the precise
+# times stay in their columns and are filtered and sorted on there (an incremental sort within
+# the bucket: the order is unchanged, last_activity desc then id). A commit whose buckets did
+# not change touches no index, and FILLFACTOR 70 leaves room on the page for the new version.
+# `TIME_BUCKET_SECONDS` in this module is the bucket width the store's queries assume.
+_V6_BUCKETS = (
+    "ALTER TABLE {schema}.sessions SET (fillfactor = 70);",
+    """
+ALTER TABLE {schema}.sessions
+    ADD COLUMN activity_bucket bigint
+        GENERATED ALWAYS AS (floor(last_activity / 60)::bigint) STORED,
+    ADD COLUMN warn_bucket bigint GENERATED ALWAYS AS (floor(warn_at / 60)::bigint) STORED,
+    ADD COLUMN expire_bucket bigint GENERATED ALWAYS AS (floor(expires_at / 60)::bigint) STORED,
+    ADD COLUMN purge_bucket bigint GENERATED ALWAYS AS (floor(purge_at / 60)::bigint) STORED;
+""",
+    """
+DROP INDEX {schema}.sessions_listing;
+DROP INDEX {schema}.sessions_due_warn;
+DROP INDEX {schema}.sessions_due_expire;
+DROP INDEX {schema}.sessions_due_purge;
+CREATE INDEX sessions_listing ON {schema}.sessions (activity_bucket DESC);
+CREATE INDEX sessions_due_warn ON {schema}.sessions (warn_bucket) WHERE warn_bucket IS NOT NULL;
+CREATE INDEX sessions_due_expire ON {schema}.sessions (expire_bucket)
+    WHERE expire_bucket IS NOT NULL;
+CREATE INDEX sessions_due_purge ON {schema}.sessions (purge_bucket)
+    WHERE purge_bucket IS NOT NULL;
+""",
+)
+TIME_BUCKET_SECONDS = 60
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions, history, summaries, leases, counters, quarantine",
               (_V1_TABLES, _V1_LEASE_AND_LOAD, _V1_COMMIT)),
@@ -655,6 +691,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "compact history, commit marks, listing order", (*_V3_TABLES, _V3_COMMIT)),
     Migration(4, "commit fast path, single-row lease_and_load", (*_V4_LEASE_AND_LOAD, _V4_COMMIT)),
     Migration(5, "lease_and_load commits the lease before reading", _V5_LEASE_AND_LOAD),
+    Migration(6, "minute buckets in the listing and due indexes (HOT commits)", _V6_BUCKETS),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
