@@ -698,3 +698,22 @@ async def test_bad_cluster_node_list_is_a_configuration_error() -> None:
     store = RedisStore.from_url("redis+cluster://nohostport")
     with pytest.raises(ConfigurationError, match="host:port"):
         await store.open()
+
+
+def test_requests_are_packed_as_redis_py_packs_them() -> None:
+    """The store's connections pack requests with hiredis; the bytes on the wire are the ones
+    redis-py's own packer writes (multi-word command names split, bytes kept, numbers as text),
+    and what hiredis cannot pack goes through redis-py's packer."""
+    from redis.asyncio.connection import Connection
+
+    from chatstate.stores.redis import _PlainConnection
+
+    ours, theirs = _PlainConnection(), Connection()
+    for command in [
+        ("EVALSHA", "ab12", 2, "p:{k}:r", b"p:{k}:s:", "1.5", 17, b"\x00\xffblob", "caf\u00e9"),
+        ("SCRIPT LOAD", "return 1"),
+        ("HGET", "p:{k}:r", "b"),
+    ]:
+        assert b"".join(ours.pack_command(*command)) == b"".join(theirs.pack_command(*command))
+    odd = ("SET", "k", memoryview(b"view"))
+    assert b"".join(ours.pack_command(*odd)) == b"".join(theirs.pack_command(*odd))
