@@ -18,6 +18,7 @@ import pytest
 from chatstate.clock import FakeClock
 from chatstate.errors import ConfigurationError, ConflictError, SchemaError, StoreUnavailable
 from chatstate.model import HistoryChanges, Message, new_record
+from chatstate.stores.base import SessionFilter
 from chatstate.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 from chatstate.stores.url import open_store
 
@@ -484,3 +485,60 @@ async def test_two_managers_on_one_file_serialise_updates_of_a_key(tmp_path: Pat
     finally:
         for manager in managers:
             await manager.aclose()
+
+
+def _downgrade_to_schema_1(path: Path) -> None:
+    """Turn a file of this code into the layout schema 1 had (indexes on the exact times)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for name in ("activity", "due_warn", "due_expire", "due_purge"):
+        conn.execute(f"DROP INDEX sessions_{name}_min")
+        conn.execute(f"ALTER TABLE sessions DROP COLUMN {name}_min")
+    conn.execute("CREATE INDEX sessions_activity ON sessions (last_activity DESC, id)")
+    for kind in ("warn", "expire", "purge"):
+        conn.execute(
+            f"CREATE INDEX sessions_due_{kind} ON sessions (due_{kind}) "
+            f"WHERE due_{kind} IS NOT NULL"
+        )
+    conn.execute("UPDATE chatstate_meta SET value = 1 WHERE name = 'schema_version'")
+    conn.close()
+
+
+async def test_a_schema_1_file_is_migrated_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    store = await _store(path)
+    records = []
+    for i in range(5):
+        # Apart by 50 s: some share a minute, some do not; listing must still be exact.
+        record = new_record(f"test:user:v{i}", now=T0 + 50 * i, expires_at=T0 + 50 * i + 5)
+        record.version = 1
+        await store.commit(record, expected=0)
+        records.append(record)
+    await store.close()
+    _downgrade_to_schema_1(path)
+
+    store = await _store(path)
+    try:
+        version = await store._run(
+            lambda c: c.execute(
+                "SELECT value FROM chatstate_meta WHERE name = 'schema_version'"
+            ).fetchone()[0]
+        )
+        assert version == SCHEMA_VERSION == 2
+        listed = await store.list(limit=2)
+        ids = [r.id for r in listed.items]
+        while listed.next_cursor:
+            listed = await store.list(limit=2, cursor=listed.next_cursor)
+            ids += [r.id for r in listed.items]
+        assert ids == [r.id for r in reversed(records)]
+        due = await store.claim_due("expire", T0 + 50 * 2 + 5, 10)
+        assert [d.session_id for d in due] == [r.id for r in records[:3]]
+        # Updates after the migration keep the minute columns and the exact ones in step.
+        newer = msgspec.structs.replace(records[0], version=2, last_activity=T0 + 1000)
+        await store.commit(newer, expected=1)
+        assert (await store.list(limit=1)).items[0].id == records[0].id
+        since = await store.count(SessionFilter(updated_since=T0 + 150))
+        assert since.total == 3  # records 3 and 4, and record 0 moved to T0 + 1000
+        before = await store.count(SessionFilter(updated_before=T0 + 100))
+        assert before.total == 1  # record 1 (record 0 moved)
+    finally:
+        await store.close()

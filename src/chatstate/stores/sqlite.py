@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -83,8 +84,14 @@ log = logging.getLogger("chatstate.stores.sqlite")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-"""Version of the table layout below. A file with a newer version is refused (SchemaError)."""
+SCHEMA_VERSION = 2
+"""Version of the table layout below. A file with a newer version is refused (SchemaError); an
+older one is migrated when opened (every process on the file must run this code from then on).
+1 -> 2: the activity and due indexes are on minute buckets (`*_min` columns) instead of the exact
+times, so that the updates of a chat within a minute leave the index pages alone (one page
+written per commit instead of three or four); queries filter and order on the exact columns."""
+
+BUCKET_SECONDS = 60.0
 
 APP_ID = "chatstate"
 MAX_BATCH = 256  # jobs taken from the queue into one transaction
@@ -114,14 +121,20 @@ CREATE TABLE IF NOT EXISTS sessions (
     blob BLOB NOT NULL,
     due_warn REAL,
     due_expire REAL,
-    due_purge REAL
+    due_purge REAL,
+    activity_min REAL,
+    due_warn_min REAL,
+    due_expire_min REAL,
+    due_purge_min REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS sessions_current ON sessions (key) WHERE current = 1;
-CREATE INDEX IF NOT EXISTS sessions_activity ON sessions (last_activity DESC, id);
-CREATE INDEX IF NOT EXISTS sessions_due_warn ON sessions (due_warn) WHERE due_warn IS NOT NULL;
-CREATE INDEX IF NOT EXISTS sessions_due_expire ON sessions (due_expire)
-    WHERE due_expire IS NOT NULL;
-CREATE INDEX IF NOT EXISTS sessions_due_purge ON sessions (due_purge) WHERE due_purge IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_activity_min ON sessions (activity_min DESC);
+CREATE INDEX IF NOT EXISTS sessions_due_warn_min ON sessions (due_warn_min)
+    WHERE due_warn_min IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_due_expire_min ON sessions (due_expire_min)
+    WHERE due_expire_min IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_due_purge_min ON sessions (due_purge_min)
+    WHERE due_purge_min IS NOT NULL;
 CREATE TABLE IF NOT EXISTS messages (
     session_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -152,10 +165,41 @@ CREATE TABLE IF NOT EXISTS quarantine (
     raw BLOB NOT NULL
 );
 """
+
+
+def _sql_bucket(column: str) -> str:
+    """SQL for `_bucket(column)` (floor to the minute, the same double arithmetic)."""
+    q = f"{column} / {BUCKET_SECONDS}"
+    return f"(CAST({q} AS INTEGER) - (CAST({q} AS INTEGER) > {q})) * {BUCKET_SECONDS}"
+
+
+# 1 -> 2: bucket columns and their indexes replace the indexes on exact times.
+_MIGRATE_1_TO_2 = [
+    "ALTER TABLE sessions ADD COLUMN activity_min REAL",
+    "ALTER TABLE sessions ADD COLUMN due_warn_min REAL",
+    "ALTER TABLE sessions ADD COLUMN due_expire_min REAL",
+    "ALTER TABLE sessions ADD COLUMN due_purge_min REAL",
+    "UPDATE sessions SET "
+    + ", ".join(
+        f"{column}_min = {_sql_bucket(column)}"
+        for column in ("due_warn", "due_expire", "due_purge")
+    )
+    + f", activity_min = {_sql_bucket('last_activity')}",
+    "DROP INDEX IF EXISTS sessions_activity",
+    "DROP INDEX IF EXISTS sessions_due_warn",
+    "DROP INDEX IF EXISTS sessions_due_expire",
+    "DROP INDEX IF EXISTS sessions_due_purge",
+]
+
 # Keyword search: the text of each message, rowid = messages.rowid.
 _FTS_SCHEMA = "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(body)"
 
 _encode_json = msgspec.json.encode
+
+
+def _bucket(at: float | None) -> float | None:
+    """The minute an index entry is filed under (see SCHEMA_VERSION)."""
+    return None if at is None else math.floor(at / BUCKET_SECONDS) * BUCKET_SECONDS
 
 _SYNC_MODES = {"normal": "NORMAL", "full": "FULL", "off": "OFF", "extra": "EXTRA"}
 _TRUE = {"1", "true", "yes", "on"}
@@ -681,6 +725,17 @@ class SQLiteStore(Store):
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if "chatstate_meta" in self._tables(conn):
+                (version,) = conn.execute(
+                    "SELECT value FROM chatstate_meta WHERE name = 'schema_version'"
+                ).fetchone()
+                if version == 1:
+                    log.info("migrating SQLite database %r to schema version 2", self.path)
+                    for statement in _MIGRATE_1_TO_2:
+                        conn.execute(statement)
+                    conn.execute(
+                        "UPDATE chatstate_meta SET value = 2 WHERE name = 'schema_version'"
+                    )
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -848,7 +903,9 @@ class SQLiteStore(Store):
             else:
                 sql, params = cas, (*cas_params, now) if lease else cas_params
             # The common case in one statement: same session, expected version (and lease held).
-            if fast and conn.execute(sql, params).rowcount:
+            if fast and (
+                conn.execute(sql[0], params).rowcount or conn.execute(sql[1], params).rowcount
+            ):
                 pass
             else:
                 # Nothing written yet: find out why, refuse, or write a new session.
@@ -903,7 +960,9 @@ class SQLiteStore(Store):
             usage.input_tokens + usage.output_tokens,
             _encode_json(labels).decode() if labels else "{}", record.version, blob,
             record.warn_at if active else None, record.expires_at if active else None,
-            record.purge_at,
+            record.purge_at, _bucket(record.last_activity),
+            _bucket(record.warn_at) if active else None,
+            _bucket(record.expires_at) if active else None, _bucket(record.purge_at),
         )
 
     async def delete(self, key: str, session_id: str | None = None) -> bool:
@@ -976,14 +1035,17 @@ class SQLiteStore(Store):
         where, params = _where(filter)
         if cursor is not None:
             last_activity, session_id = decode_cursor(cursor)
-            where.append("(last_activity < ? OR (last_activity = ? AND id > ?))")
-            params += [last_activity, last_activity, session_id]
+            where.append(
+                "activity_min <= ? AND (last_activity < ? OR (last_activity = ? AND id > ?))"
+            )
+            params += [_bucket(last_activity), last_activity, last_activity, session_id]
         if limit <= 0:
             return Page(items=[], next_cursor=cursor)
+        # The index gives the minutes in order; SQLite sorts within each minute it reads.
         sql = (
-            "SELECT key, blob, last_activity, id FROM sessions"
+            "SELECT key, blob, last_activity, id FROM sessions INDEXED BY sessions_activity_min"
             + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY last_activity DESC, id LIMIT ?"
+            + " ORDER BY activity_min DESC, last_activity DESC, id LIMIT ?"
         )
         params.append(limit + 1)
 
@@ -1158,14 +1220,18 @@ class SQLiteStore(Store):
         column = f"due_{kind}"  # one of three fixed names, checked above
         until = now + claim_seconds
 
+        bucket, until_bucket = _bucket(now), _bucket(until)
+
         def job(conn: sqlite3.Connection) -> builtins.list[DueItem]:
+            # Entries of past minutes are all due; of this minute, those not after `now`.
             rows = conn.execute(
-                f"SELECT id, key, {column} FROM sessions WHERE {column} <= ? "
-                f"ORDER BY {column} LIMIT ?",
-                (now, max(0, limit)),
+                f"SELECT id, key, {column} FROM sessions WHERE {column}_min <= ? AND "
+                f"{column} <= ? ORDER BY {column}_min, {column} LIMIT ?",
+                (bucket, now, max(0, limit)),
             ).fetchall()
             conn.executemany(
-                f"UPDATE sessions SET {column} = ? WHERE id = ?", [(until, r[0]) for r in rows]
+                f"UPDATE sessions SET {column} = ?, {column}_min = ? WHERE id = ?",
+                [(until, until_bucket, r[0]) for r in rows],
             )
             return [DueItem(key=k, session_id=i, kind=kind, due_at=d) for i, k, d in rows]
 
@@ -1252,8 +1318,8 @@ _UPSERT_SESSION = """
 INSERT INTO sessions (
     id, key, current, status, platform, scope, flow, step, created_at, last_activity,
     expires_at, warn_at, purge_at, close_reason, messages, tokens, labels, version, blob,
-    due_warn, due_expire, due_purge
-) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    due_warn, due_expire, due_purge, activity_min, due_warn_min, due_expire_min, due_purge_min
+) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
     key = excluded.key, current = 1, status = excluded.status, platform = excluded.platform,
     scope = excluded.scope, flow = excluded.flow, step = excluded.step,
@@ -1261,7 +1327,9 @@ ON CONFLICT (id) DO UPDATE SET
     expires_at = excluded.expires_at, warn_at = excluded.warn_at, purge_at = excluded.purge_at,
     close_reason = excluded.close_reason, messages = excluded.messages, tokens = excluded.tokens,
     labels = excluded.labels, version = excluded.version, blob = excluded.blob,
-    due_warn = excluded.due_warn, due_expire = excluded.due_expire, due_purge = excluded.due_purge
+    due_warn = excluded.due_warn, due_expire = excluded.due_expire, due_purge = excluded.due_purge,
+    activity_min = excluded.activity_min, due_warn_min = excluded.due_warn_min,
+    due_expire_min = excluded.due_expire_min, due_purge_min = excluded.due_purge_min
 """
 
 _LOAD = "SELECT blob FROM sessions WHERE key = ? AND current = 1"
@@ -1279,23 +1347,39 @@ _UPSERT_SUMMARY = (
     "INSERT OR REPLACE INTO summaries (session_id, end_seq, start_seq, blob) VALUES (?, ?, ?, ?)"
 )
 
-# Compare-and-set of the current record in one statement. Parameters: the `_row` tuple (?1-?21,
-# the order of _UPSERT_SESSION), the expected version (?22) and, leased, the lease's key, owner
-# and token (?23-?25) and the store's time (?26). The key, `current` and id are not assigned, so
-# the index of current records is left alone.
-_CAS_SET = """
+# Compare-and-set of the current record. Parameters: the `_row` tuple (?1-?25, the order of
+# _UPSERT_SESSION), the expected version (?26) and, leased, the lease's key, owner and token
+# (?27-?29) and the store's time (?30). Neither statement assigns key, `current` or id, so the
+# index of current records is left alone. SQLite rewrites an index whenever an UPDATE assigns one
+# of its columns, even to the value it had: the first statement, for a commit in the same minute
+# as the stored record (the common case in a chat), assigns no indexed column at all and writes
+# one page; the second, tried when the first matched nothing, also moves the index entries.
+_CAS_EXACT = """
 UPDATE sessions SET
     status = ?3, platform = ?4, scope = ?5, flow = ?6, step = ?7, created_at = ?8,
     last_activity = ?9, expires_at = ?10, warn_at = ?11, purge_at = ?12, close_reason = ?13,
     messages = ?14, tokens = ?15, labels = ?16, version = ?17, blob = ?18, due_warn = ?19,
-    due_expire = ?20, due_purge = ?21
-WHERE id = ?1 AND key = ?2 AND current = 1 AND version = ?22"""
-_CAS_UPDATE = _CAS_SET
-_CAS_UPDATE_UNLEASED = _CAS_SET + """
-    AND NOT EXISTS (SELECT 1 FROM leases WHERE key = ?2 AND expires_at > ?23)"""
-_CAS_UPDATE_LEASED = _CAS_SET + """
-    AND EXISTS (SELECT 1 FROM leases WHERE key = ?23 AND owner = ?24 AND token = ?25
-                AND expires_at > ?26)"""
+    due_expire = ?20, due_purge = ?21"""
+_CAS_WHERE = """
+WHERE id = ?1 AND key = ?2 AND current = 1 AND version = ?26"""
+_SAME_MINUTE = """
+    AND activity_min = ?22 AND due_warn_min IS ?23 AND due_expire_min IS ?24
+    AND due_purge_min IS ?25"""
+_CAS_MOVE = (
+    _CAS_EXACT
+    + """, activity_min = ?22, due_warn_min = ?23, due_expire_min = ?24, due_purge_min = ?25"""
+    + _CAS_WHERE
+)
+_CAS_STAY = _CAS_EXACT + _CAS_WHERE + _SAME_MINUTE
+_NO_LIVE_LEASE = """
+    AND NOT EXISTS (SELECT 1 FROM leases WHERE key = ?2 AND expires_at > ?27)"""
+_LEASE_HOLDS = """
+    AND EXISTS (SELECT 1 FROM leases WHERE key = ?27 AND owner = ?28 AND token = ?29
+                AND expires_at > ?30)"""
+# (same minute, moved) for: no lease; no lease but yield to a live one; a lease held.
+_CAS_UPDATE = (_CAS_STAY, _CAS_MOVE)
+_CAS_UPDATE_UNLEASED = (_CAS_STAY + _NO_LIVE_LEASE, _CAS_MOVE + _NO_LIVE_LEASE)
+_CAS_UPDATE_LEASED = (_CAS_STAY + _LEASE_HOLDS, _CAS_MOVE + _LEASE_HOLDS)
 
 
 # A lease row stays after release (expired), so that the key's fencing token keeps growing.
@@ -1368,11 +1452,11 @@ def _where(f: SessionFilter | None) -> tuple[builtins.list[str], builtins.list[A
             where.append(f"{column} = ?")
             params.append(value)
     if f.updated_since is not None:
-        where.append("last_activity >= ?")
-        params.append(f.updated_since)
+        where.append("activity_min >= ? AND last_activity >= ?")
+        params += [_bucket(f.updated_since), f.updated_since]
     if f.updated_before is not None:
-        where.append("last_activity < ?")
-        params.append(f.updated_before)
+        where.append("activity_min <= ? AND last_activity < ?")
+        params += [_bucket(f.updated_before), f.updated_before]
     if f.key_prefix is not None:
         where.append("key >= ? AND key < ?")
         params += [f.key_prefix, prefix_upper_bound(f.key_prefix)]
