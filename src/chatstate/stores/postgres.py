@@ -21,10 +21,13 @@ through untouched (msgspec does all the (de)serialising, no ``json`` module in b
 is the fastest Python driver by a wide margin. psycopg 3's advantages (pgbouncer transaction
 mode without prepared statements, sync API, COPY ergonomics) do not matter here.
 
-How an update costs two round trips: ``lease_and_load`` and ``commit`` each call one plpgsql
-function (see `postgres_schema`), and connections go back to the store's own pool
+How an update costs two round trips and one WAL flush: ``lease_and_load`` calls one plpgsql
+procedure and ``commit`` one plpgsql function (see `postgres_schema`, versions 4-6: the lease
+is committed before the record is read, so only the commit flushes; a usual commit is one
+guarded HOT update touching no index), and connections go back to the store's own pool
 (`postgres_pool`) without a reset query (the store never leaves session state behind: no
 LISTEN, advisory locks or SET) and without asyncpg.Pool's per-checkout Python overhead.
+pg_stat_database counts three transactions per update (the procedure commits twice).
 
 Faults: every call is bounded by ``command_timeout``; connection loss, a terminated backend, a
 restarting server or a full server raise `StoreUnavailable`. Reads are retried with backoff,
