@@ -511,6 +511,7 @@ class SQLiteStore(Store):
         self._writes_pending = 0  # write jobs queued for or running in the worker
         # Writes of one event-loop iteration, committed together on the loop's connection.
         self._loop_batch: builtins.list[_Job] = []
+        self._wrote_now = False  # a write went at once in this iteration (see `_write`)
         self._loop_tx_alone = False  # `_alone` at the start of the loop's current transaction
         self._loop_commits = 0  # since the last checkpoint requested from the worker
         self._checkpointing = False
@@ -787,16 +788,48 @@ class SQLiteStore(Store):
         loop = self._reader_loop
         if (
             loop is None
+            or self._reader is None
             or not self._loop_writes
             or self._writes_pending
             or loop is not asyncio.get_running_loop()
         ):
             return await self._run(fn, write=True)
-        future: asyncio.Future[T] = loop.create_future()
-        if not self._loop_batch:
-            loop.call_soon(self._flush_loop_batch)
-        self._loop_batch.append(_Job(fn, True, future, loop))
-        return await future
+        if self._loop_batch or self._wrote_now:
+            # Other writes in this iteration: updates are concurrent, commit them together.
+            future: asyncio.Future[T] = loop.create_future()
+            if not self._loop_batch:
+                loop.call_soon(self._flush_loop_batch)
+            self._loop_batch.append(_Job(fn, True, future, loop))
+            return await future
+        # The first write of this iteration goes at once (no batch to wait for), then yields
+        # once, as a hop would; writes of other tasks meanwhile form the next batch.
+        conn = self._reader
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            return await self._run(fn, write=True)  # another writer holds the lock: wait there
+        self._wrote_now = True
+        try:
+            self._loop_tx_alone = self._lock_fd is None or _alone(self._lock_fd)
+            try:
+                value = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                _rollback(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise _unavailable(repr(self.path), exc) from exc
+                raise
+            self._count_loop_commits(1)
+            await asyncio.sleep(0)
+        finally:
+            self._wrote_now = False
+        return value
+
+    def _count_loop_commits(self, n: int) -> None:
+        self._loop_commits += n
+        if self._loop_commits >= CHECKPOINT_EVERY and not self._checkpointing:
+            self._request_checkpoint()
 
     def _flush_loop_batch(self) -> None:
         """Write this iteration's batch on the loop's connection, or hand it to the worker
@@ -820,9 +853,7 @@ class SQLiteStore(Store):
         self._loop_tx_alone = self._lock_fd is None or _alone(self._lock_fd)
         run_batch(conn, batch, results, repr(self.path), begun=True)
         _resolve(results)
-        self._loop_commits += len(batch)
-        if self._loop_commits >= CHECKPOINT_EVERY and not self._checkpointing:
-            self._request_checkpoint()
+        self._count_loop_commits(len(batch))
 
     def _alone_in(self, conn: sqlite3.Connection, lock_fd: int) -> bool:
         """Whether no other store has the file open, seen from a write transaction on `conn`."""
