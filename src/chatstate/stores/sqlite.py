@@ -12,11 +12,11 @@ checked on its own, and a refused one (conflict, lost lease) has written nothing
 go on. The event loop has a connection of its own that never waits (busy timeout 0) and never
 checkpoints: point reads (`load`, `load_by_id`) run there, since a read in WAL mode does not wait
 for writers. When no fsync is due (synchronous normal or off) and the worker has no write
-pending, the leases and commits of one event-loop iteration are written there too, in one
-transaction at the end of the iteration (group commit without a thread hop: the two thread
-wake-ups of a hop cost more than the few page writes to the log). Whatever would wait (the write
-lock held by another process, synchronous=full, checkpoints) goes to the worker. A commit always
-yields to the event loop at least once, as a hop would.
+pending, leases and commits are written there too: the first of an event-loop iteration at once,
+the others of that iteration together in one transaction at its end (group commit without a
+thread hop: the two thread wake-ups of a hop cost more than the page written to the log).
+Whatever would wait (the write lock held by another process, synchronous=full, checkpoints)
+goes to the worker. A write always yields to the event loop at least once, as a hop would.
 
 Several processes may open one file; writers wait for each other up to `busy_timeout` seconds
 before `StoreUnavailable` is raised. Leases (kept in the file) serialise the updates of one key
