@@ -381,12 +381,14 @@ class PostgresStore(Store):
                 f"WHERE key = $1 AND token = $2 AND expires_at > {now.format('$3')} "
                 "RETURNING expires_at"
             ),
-            "release": f"DELETE FROM {q}.leases WHERE key = $1 AND token = $2",
+            # A released lease keeps its row, free to anyone (postgres_schema, version 8).
+            "release": f"UPDATE {q}.leases SET expires_at = 0 WHERE key = $1 AND token = $2",
             "delete": (
                 f"WITH d AS (DELETE FROM {q}.sessions WHERE key = $1 AND "
                 "CASE WHEN $2::text IS NULL THEN is_current ELSE id = $2 END RETURNING id, num), "
                 + delete_rows
-                + "SELECT count(*) FROM d"
+                + f", fl AS (DELETE FROM {q}.leases WHERE key = $1 AND expires_at = 0 "
+                "AND EXISTS (SELECT FROM d)) SELECT count(*) FROM d"
             ),
             # Only while the current record still holds the unreadable document ($5, NULL
             # when the bytes are not JSON and so cannot be what the column holds): a record

@@ -696,6 +696,22 @@ _V7_SEARCH = (
     "ALTER INDEX {schema}.messages_text SET (fastupdate = on, gin_pending_list_limit = 128);",
 )
 
+# Version 8: a released lease keeps its row (expires_at = 0) instead of being deleted.
+#
+# Deleting the row on every release and inserting it again on the next lease_and_load put a new
+# heap tuple and a new btree entry into `leases` per update, and the dead ones piled up (about
+# 0.06x the raw message size of the agent benchmark, run without autovacuum). Now lease_and_load
+# takes the existing row with its ON CONFLICT update and a release sets expires_at to 0 (free to
+# anyone; renew and the commit's lease check need expires_at > now): two HOT updates of one row
+# per key, with FILLFACTOR room for them. Deleting a session deletes its key's released row.
+_V4_RELEASE = "DELETE FROM {schema}.leases WHERE key = p_key AND token = p_lease_token;"
+_V8_RELEASE = (
+    "UPDATE {schema}.leases SET expires_at = 0 WHERE key = p_key AND token = p_lease_token;"
+)
+assert _V4_COMMIT.count(_V4_RELEASE) == 2
+_V8_COMMIT = _V4_COMMIT.replace(_V4_RELEASE, _V8_RELEASE)
+_V8_LEASES = ("ALTER TABLE {schema}.leases SET (fillfactor = 70);", _V8_COMMIT)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions, history, summaries, leases, counters, quarantine",
               (_V1_TABLES, _V1_LEASE_AND_LOAD, _V1_COMMIT)),
@@ -705,6 +721,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "lease_and_load commits the lease before reading", _V5_LEASE_AND_LOAD),
     Migration(6, "minute buckets in the listing and due indexes (HOT commits)", _V6_BUCKETS),
     Migration(7, "full-text index with a small pending list", _V7_SEARCH),
+    Migration(8, "released leases keep their row", _V8_LEASES),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
