@@ -116,8 +116,9 @@ class ActivitySampler:
         self._task: asyncio.Task[None] | None = None
 
     async def sample(self) -> int:
-        active = (await self.store.count(SessionFilter(status=Status.ACTIVE.value))).total
+        # The bucket is the time the sample was taken, not the time the count came back.
         day, start = bucket_of(self.clock.now(), self.width)
+        active = (await self.store.count(SessionFilter(status=Status.ACTIVE.value))).total
         base = f"{SERIES_PREFIX}{day}:{start}"
         await self.store.incr({f"{base}:sum": active, f"{base}:n": 1})
         return active
