@@ -712,6 +712,32 @@ assert _V4_COMMIT.count(_V4_RELEASE) == 2
 _V8_COMMIT = _V4_COMMIT.replace(_V4_RELEASE, _V8_RELEASE)
 _V8_LEASES = ("ALTER TABLE {schema}.leases SET (fillfactor = 70);", _V8_COMMIT)
 
+# Version 9: the fast path checks the lease in a statement of its own.
+#
+# Measured by the backend's CPU time per call (/proc, synchronous_commit off, 3 x 2,000 calls):
+# the lease guard inside the UPDATE's WHERE, `(p_lease_token IS NULL OR EXISTS (...))`, cost
+# about 55 us per commit even when there was no lease to check (240 -> 180 us per call without
+# it), more than the UPDATE itself. A PERFORM on the leases primary key before the UPDATE, and
+# a boolean in its WHERE, checks the same thing (still no row lock: see version 4).
+_V9_GUARD_OLD = """            AND (p_lease_token IS NULL OR EXISTS (
+                SELECT FROM {schema}.leases l
+                WHERE l.key = p_key AND l.token = p_lease_token AND l.expires_at > v_now))"""
+_V9_GUARD_NEW = "            AND v_lease_ok"
+_V9_DECLARE_OLD = "    v_dropped bigint := 0;\nBEGIN\n    outcome := 0;\n"
+_V9_DECLARE_NEW = """    v_dropped bigint := 0;
+    v_lease_ok boolean := true;
+BEGIN
+    outcome := 0;
+    IF p_lease_token IS NOT NULL THEN
+        PERFORM FROM {schema}.leases l
+            WHERE l.key = p_key AND l.token = p_lease_token AND l.expires_at > v_now;
+        v_lease_ok := FOUND;
+    END IF;
+"""
+assert _V8_COMMIT.count(_V9_GUARD_OLD) == 1 and _V8_COMMIT.count(_V9_DECLARE_OLD) == 1
+_V9_COMMIT = _V8_COMMIT.replace(_V9_GUARD_OLD, _V9_GUARD_NEW).replace(
+    _V9_DECLARE_OLD, _V9_DECLARE_NEW)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions, history, summaries, leases, counters, quarantine",
               (_V1_TABLES, _V1_LEASE_AND_LOAD, _V1_COMMIT)),
@@ -722,6 +748,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "minute buckets in the listing and due indexes (HOT commits)", _V6_BUCKETS),
     Migration(7, "full-text index with a small pending list", _V7_SEARCH),
     Migration(8, "released leases keep their row", _V8_LEASES),
+    Migration(9, "commit fast path checks the lease in its own statement", (_V9_COMMIT,)),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
