@@ -542,3 +542,19 @@ async def test_a_schema_1_file_is_migrated_on_open(tmp_path: Path) -> None:
         assert before.total == 1  # record 1 (record 0 moved)
     finally:
         await store.close()
+
+
+async def test_the_write_ahead_log_stays_bounded(tmp_path: Path) -> None:
+    """Checkpoints must complete while the loop keeps writing, or the -wal file grows forever
+    (a bot that never pauses would fill the disk)."""
+    from chatstate import Message, SessionKey, SessionManager
+    from chatstate.stores.sqlite import WAL_SIZE_LIMIT
+
+    path = tmp_path / "busy.db"
+    async with SessionManager(f"sqlite:///{path}") as manager:
+        for i in range(1200):
+            async with manager.session(SessionKey.user("t", i % 40)) as s:
+                s.append(Message(role="user", content="x" * 400),
+                         Message(role="assistant", content="y" * 400))
+        wal = path.with_name(path.name + "-wal").stat().st_size
+    assert wal < 2 * WAL_SIZE_LIMIT, f"the WAL grew to {wal} bytes"

@@ -95,6 +95,7 @@ BUCKET_SECONDS = 60.0
 
 APP_ID = "chatstate"
 MAX_BATCH = 256  # jobs taken from the queue into one transaction
+WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the log file is truncated to after a checkpoint
 CHECKPOINT_EVERY = 256  # commits on the loop's connection between checkpoints (in the worker)
 
 _SCHEMA = """
@@ -380,8 +381,13 @@ def _translate(describe: str, exc: BaseException) -> BaseException:
 
 
 def _checkpoint(conn: sqlite3.Connection) -> Any:
-    """Copy committed log frames into the database file without waiting for anyone."""
-    return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    """Copy committed log frames into the database file and start the log over.
+
+    A PASSIVE checkpoint never completes while the loop's connection keeps appending, so the
+    log would grow without bound; RESTART waits (in this worker, within the busy timeout) for
+    the writer of the moment to finish, and the loop's writes that meet the lock meanwhile go
+    to this worker's queue. `journal_size_limit` then truncates the file."""
+    return conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -651,6 +657,7 @@ class SQLiteStore(Store):
             self._check_schema(conn, where)
             if self.path != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             self._create_schema(conn)
         except BaseException:
