@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -17,8 +16,6 @@ from chatstate.flows import FlowRunner
 from chatstate.model import Status
 from chatstate.stores.url import open_store
 
-HAS_SQLITE = importlib.util.find_spec("chatstate.stores.sqlite") is not None
-needs_sqlite = pytest.mark.skipif(not HAS_SQLITE, reason="chatstate.stores.sqlite not there yet")
 ids = [s.name for s in SPECS]
 
 
@@ -127,7 +124,6 @@ async def restart_mid_flow(spec: ExampleSpec, first: SessionManager,
     await second.aclose()
 
 
-@needs_sqlite
 @pytest.mark.parametrize("spec", SPECS, ids=ids)
 async def test_restart_mid_flow_on_sqlite(spec: ExampleSpec, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'chat.db'}"

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from chatstate.clock import FakeClock
 from chatstate.engine import SessionManager
@@ -39,27 +35,8 @@ async def memory_factory() -> AsyncIterator[Store]:
         await store.close()
 
 
-@contextlib.asynccontextmanager
-async def _sqlite() -> AsyncIterator[Store]:
-    from chatstate.stores.url import open_store
-
-    with tempfile.TemporaryDirectory() as tmp:
-        store = open_store(f"sqlite:///{Path(tmp) / 'server.db'}")
-        await store.open()
-        try:
-            yield store
-        finally:
-            await store.close()
-
-
 def store_factory(name: str) -> Callable[[], AbstractAsyncContextManager[Store]]:
-    if name in BACKENDS:
-        return BACKENDS[name]
-    if name == "memory":
-        return memory_factory
-    if name == "sqlite" and importlib.util.find_spec("chatstate.stores.sqlite") is not None:
-        return _sqlite
-    pytest.skip(f"the {name} store is not available yet")
+    return BACKENDS[name]
 
 
 class Service:
