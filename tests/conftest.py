@@ -6,8 +6,20 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from backends import BACKENDS
+from backends import BACKENDS, IN_CI
 from chatstate.stores.base import Store
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI=true no test may skip: a skip there means a missing service, binary or extra
+    (Redis, PostgreSQL, chromium, the tokens extra) and would hide what it was meant to test."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which is an error here: {reason}"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
