@@ -98,3 +98,45 @@ def test_encryption_hook_covers_data_and_messages() -> None:
     raw_message = codec.encode_message(message)
     assert b"secret" not in raw_message
     assert codec.decode_message(raw_message).content == "my secret"
+    packed = codec.pack_message(message)
+    assert b"secret" not in packed
+    assert codec.decode_message(packed).content == "my secret"
+
+
+PACKED_SAMPLES = [
+    Message(role="user"),
+    Message(role="user", content="hello", seq=7, tokens=2, created_at=1_700_000_000.25,
+            turn_id="t7"),
+    Message(role="assistant", seq=8, tool_calls=[{"id": "c1", "type": "function",
+            "function": {"name": "lookup", "arguments": "{}"}}], usage={"prompt_tokens": 9}),
+    Message(role="tool", content=[{"type": "text", "text": "42"}], tool_call_id="c1",
+            name="lookup", metadata={"platform_id": 5}),
+]
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+@pytest.mark.parametrize("message", PACKED_SAMPLES)
+def test_packed_messages_round_trip_beside_the_other_form(fmt: str, message: Message) -> None:
+    codec = Codec(format=fmt)  # type: ignore[arg-type]
+    packed = codec.pack_message(message)
+    decoded = codec.decode_message(packed)
+    assert decoded == message and type(decoded) is Message
+    # A message read back from the packed form still encodes as an object for APIs.
+    assert msgspec.json.decode(msgspec.json.encode(decoded))["role"] == message.role
+    # History written before the packed form existed still reads.
+    assert codec.decode_message(codec.encode_message(message)) == message
+    assert len(packed) < len(codec.encode_message(message))
+
+
+def test_packed_message_field_order_is_frozen() -> None:
+    # Stored packed history is positional: Message may only grow fields at the end.
+    names = [f.name for f in msgspec.structs.fields(Message)]
+    assert names[:11] == [
+        "role", "content", "seq", "name", "tool_call_id", "tool_calls", "turn_id", "metadata",
+        "created_at", "tokens", "usage",
+    ]
+
+
+def test_unstorable_packed_message_is_a_typed_error() -> None:
+    with pytest.raises(InvalidDataError):
+        Codec().pack_message(Message(role="user", metadata={"x": object()}))

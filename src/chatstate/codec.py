@@ -38,6 +38,22 @@ class Encryptor(Protocol):
 BUILTIN_MIGRATIONS: dict[int, Migration] = {}
 
 
+class _PackedMessage(Message, array_like=True):
+    """Message read from `Codec.pack_message`'s positional form. New Message fields must be
+    appended after the existing ones (tests/test_codec.py pins the order), or stored history
+    would be misread."""
+
+
+PACKED_MESSAGE_FIELDS = msgspec.structs.fields(Message)
+_PACKED_DEFAULTS = tuple(
+    f.default if f.default is not msgspec.NODEFAULT
+    else f.default_factory() if f.default_factory is not msgspec.NODEFAULT else None
+    for f in PACKED_MESSAGE_FIELDS
+)
+_PACK = msgspec.msgpack.Encoder()
+_UNPACK = msgspec.msgpack.Decoder(_PackedMessage)
+
+
 class Codec:
     def __init__(
         self,
@@ -167,8 +183,31 @@ class Codec:
         except (TypeError, msgspec.EncodeError) as exc:
             raise InvalidDataError(f"message cannot be stored as JSON: {exc}") from exc
 
+    def pack_message(self, message: Message) -> bytes:
+        """The compact binary form of a message for stores that keep history as bytes: a
+        msgpack array of Message's fields in declaration order, trailing defaults left out
+        (no field names, so a short message costs a few bytes over its text).
+        `decode_message` reads both this and `encode_message`'s form."""
+        if self.encryptor is not None and message.content:
+            sealed = self.encryptor.encrypt(self._enc.encode(message.content))
+            message = msgspec.structs.replace(message, content=[{_ENC_FIELD: sealed}])
+        m = message
+        row = [m.role, m.content, m.seq, m.name, m.tool_call_id, m.tool_calls, m.turn_id,
+               m.metadata, m.created_at, m.tokens, m.usage]
+        while len(row) > 1 and row[-1] == _PACKED_DEFAULTS[len(row) - 1]:
+            row.pop()
+        try:
+            return _PACK.encode(row)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise InvalidDataError(f"message cannot be stored: {exc}") from exc
+
     def decode_message(self, raw: bytes) -> Message:
-        message: Message = self._msg_dec.decode(raw)
+        message: Message
+        if raw and 0x90 <= raw[0] <= 0x9F:  # a msgpack array: pack_message's form
+            message = _UNPACK.decode(raw)
+            message.__class__ = Message  # same layout; a plain Message encodes as an object
+        else:
+            message = self._msg_dec.decode(raw)
         content = message.content
         if (
             isinstance(content, list) and len(content) == 1 and isinstance(content[0], dict)
