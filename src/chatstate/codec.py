@@ -204,8 +204,9 @@ class Codec:
     def decode_message(self, raw: bytes) -> Message:
         message: Message
         if raw and 0x90 <= raw[0] <= 0x9F:  # a msgpack array: pack_message's form
-            message = _UNPACK.decode(raw)
-            message.__class__ = Message  # same layout; a plain Message encodes as an object
+            packed: Any = _UNPACK.decode(raw)
+            packed.__class__ = Message  # same layout; a plain Message encodes as an object
+            message = packed
         else:
             message = self._msg_dec.decode(raw)
         content = message.content
