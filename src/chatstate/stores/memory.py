@@ -294,7 +294,7 @@ class MemoryStore(Store):
         codec = self.codec
         raw = memoryview(codec.encode(record)).tobytes()
         if history:
-            appended = [(m.seq, codec.encode_message(m)) for m in history.append]
+            appended = [(m.seq, codec.pack_message(m)) for m in history.append]
             summaries = [
                 (s.end_seq, s.start_seq, codec.encode_summary(s)) for s in history.summaries
             ]
