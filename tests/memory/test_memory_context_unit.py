@@ -19,18 +19,21 @@ COUNTER = TokenCounter("heuristic")  # unit tests need no real encoding
 
 
 class Source:
-    """Newest-first messages from a list, recording how many were read."""
+    """Newest-first pages of messages from a list (4 a page, as a store hands them over),
+    recording how many messages were read."""
 
     def __init__(self, messages: Sequence[Message]) -> None:
         self.messages = messages
         self.read = 0
         self.closed = False
 
-    async def __call__(self) -> AsyncGenerator[Message, None]:
+    async def __call__(self) -> AsyncGenerator[list[Message], None]:
+        newest_first = list(reversed(self.messages))
         try:
-            for message in reversed(self.messages):
-                self.read += 1
-                yield message
+            for start in range(0, len(newest_first), 4):
+                page = newest_first[start:start + 4]
+                self.read += len(page)
+                yield page
         finally:
             self.closed = True
 

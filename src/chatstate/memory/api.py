@@ -323,20 +323,23 @@ class Memory:
 
     async def _newest_first(
         self, target: Target, record: SessionRecord, covered: int, budget: int
-    ) -> AsyncGenerator[Message, None]:
+    ) -> AsyncGenerator[list[Message], None]:
+        """Pages of the messages after `covered`, newest first: this update's staged ones,
+        then the stored ones."""
         floor = max(covered, _staged_floor(target))
         staged = _staged(target)
-        for message in reversed(staged):
-            if message.seq > floor:
-                yield message
+        newest = [m for m in reversed(staged) if m.seq > floor]
+        if newest:
+            yield newest
         # First page sized for the budget (~25 tokens a message), doubling after that.
         page = max(8, min(256, budget // 25))
-        stored = self.reader.iter_backwards(record, page=page, stop_at=floor)
+        stored = self.reader.pages_backwards(record, page=page, stop_at=floor)
         lowest = staged[0].seq if staged else None  # staged messages are newer than the store
         try:
-            async for message in stored:
-                if lowest is None or message.seq < lowest:
-                    yield message
+            async for chunk in stored:
+                if lowest is not None and chunk and chunk[0].seq >= lowest:
+                    chunk = [m for m in chunk if m.seq < lowest]
+                yield chunk
         finally:
             await stored.aclose()
 

@@ -73,7 +73,7 @@ def summary_cost(counter: TokenCounter, summaries: Iterable[Summary]) -> int:
 
 
 async def assemble(
-    newest_first: AsyncGenerator[Message, None],
+    newest_first: AsyncGenerator[list[Message], None],
     *,
     counter: TokenCounter,
     budget_tokens: int,
@@ -83,8 +83,8 @@ async def assemble(
     allow_partial_turn: bool = False,
     pending_messages: int | None = None,
 ) -> Context:
-    """Build a context from messages given newest first (already limited to those after the
-    summaries). `pending_messages`, when known, is how many such messages exist, to report how
+    """Build a context from pages of messages given newest first (already limited to those
+    after the summaries). `pending_messages`, when known, is how many such messages exist, to report how
     many were left out. The iterator is closed as soon as the budget is full."""
     if budget_tokens <= 0:
         raise ContextOverflow(1, budget_tokens, "any context")
@@ -99,12 +99,17 @@ async def assemble(
     builder = _Builder(counter, available, list(summaries), allow_partial_turn)
     try:
         pending: list[Message] = []  # the turn being read, newest first
-        async for message in newest_first:
-            if pending and starts_turn(message, pending[-1]):
-                if not builder.take(pending):
-                    break
-                pending = []
-            pending.append(message)
+        full = False
+        async for page in newest_first:
+            for message in page:
+                if pending and starts_turn(message, pending[-1]):
+                    if not builder.take(pending):
+                        full = True
+                        break
+                    pending = []
+                pending.append(message)
+            if full:
+                break
         else:
             if pending:
                 builder.take(pending)

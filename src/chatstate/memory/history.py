@@ -189,22 +189,38 @@ class HistoryReader:
         self, record: SessionRecord, *, page: int = 64, max_page: int = 1024,
         stop_at: int = 0,
     ) -> AsyncGenerator[Message, None]:
-        """Messages newest first, in pages that double from `page` up to `max_page`, stopping
-        before seq `stop_at` (exclusive lower bound). The caller stops iterating when it has
-        enough, so the cost follows what it needs, not the length of the history."""
+        """Messages newest first (see `pages_backwards`)."""
+        pages = self.pages_backwards(record, page=page, max_page=max_page, stop_at=stop_at)
+        try:
+            async for chunk in pages:
+                for message in chunk:
+                    yield message
+        finally:
+            await pages.aclose()
+
+    async def pages_backwards(
+        self, record: SessionRecord, *, page: int = 64, max_page: int = 1024,
+        stop_at: int = 0,
+    ) -> AsyncGenerator[list[Message], None]:
+        """Pages of messages, each newest first, in sizes that double from `page` up to
+        `max_page`, stopping before seq `stop_at` (exclusive lower bound). The caller stops
+        iterating when it has enough, so the cost follows what it needs, not the length of the
+        history. (Whole pages, not single messages: one async step per page, not per message.)"""
         before: int | None = None
         size = max(1, page)
         while True:
             chunk = await self.read_tail(record, size, before_seq=before)
             if not chunk:
                 return
-            for message in reversed(chunk):
-                if message.seq <= stop_at:
-                    return
-                yield message
-            if len(chunk) < size:
+            full = len(chunk) == size
+            chunk.reverse()
+            if chunk[-1].seq <= stop_at:
+                yield [m for m in chunk if m.seq > stop_at]
                 return
-            before = chunk[0].seq
+            yield chunk
+            if not full:
+                return
+            before = chunk[-1].seq
             if before <= stop_at + 1:
                 return
             size = min(size * 2, max_page)
