@@ -2,7 +2,8 @@
 
 Groups (``--only memory,sqlite,bytes,claim,redis,postgres``; default all):
 
-* memory:   chatstate MemoryStore engine cycle vs aiogram MemoryStorage
+* memory:   chatstate MemoryStore engine cycle vs aiogram MemoryStorage, and the floor of any
+            cycle on serialised records (decode + encode, no engine) for scale
 * sqlite:   chatstate SQLiteStore vs plain stdlib sqlite3 SELECT + UPSERT, commit per message
             (WAL, synchronous=NORMAL)
 * bytes:    process memory per idle session: MemoryStore vs aiogram MemoryStorage vs a dict
@@ -44,12 +45,14 @@ from .systems import (
     raw_redis,
     raw_sqlite3,
     redis_store_url,
+    serialised_floor,
     temp_sqlite_path,
 )
 
 GROUPS = ("memory", "sqlite", "bytes", "claim", "redis", "postgres")
 
 MEMORY_ENGINE = "chatstate MemoryStore"
+SERIALISED_FLOOR = "floor: decode+encode only"
 AIOGRAM_MEMORY = "aiogram MemoryStorage"
 SQLITE_STORE = "chatstate SQLiteStore"
 RAW_SQLITE = "sqlite3 SELECT+UPSERT"
@@ -62,6 +65,7 @@ RAW_ASYNCPG = "asyncpg SELECT+UPSERT"
 
 RATIOS = [
     (MEMORY_ENGINE, AIOGRAM_MEMORY),
+    (SERIALISED_FLOOR, AIOGRAM_MEMORY),
     (SQLITE_STORE, RAW_SQLITE),
     (REDIS_STORE, AIOGRAM_REDIS_ISOLATED),
     (REDIS_STORE, AIOGRAM_REDIS),
@@ -121,6 +125,7 @@ async def bench_memory(report: Report, plan: Plan) -> None:
     for w in plan.workloads():
         await measure(report, plan, "memory", MEMORY_ENGINE, chatstate_memory, w)
         await measure(report, plan, "memory", AIOGRAM_MEMORY, aiogram_memory, w)
+        await measure(report, plan, "memory", SERIALISED_FLOOR, serialised_floor, w)
 
 
 async def bench_sqlite(report: Report, plan: Plan) -> None:

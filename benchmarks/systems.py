@@ -90,6 +90,34 @@ async def chatstate_memory(workload: Workload) -> AsyncIterator[Cycle]:
         yield cycle
 
 
+@asynccontextmanager
+async def serialised_floor(workload: Workload) -> AsyncIterator[Cycle]:
+    """Not a store: the least work any cycle on records kept serialised does (MemoryStore keeps
+    them so, so that a handler that fails halfway leaves nothing half-changed). Decode the
+    record, make the same changes, encode it back: no engine, lock, deadline, index or event.
+    If this alone is slower than a target, no engine on serialised records can meet it."""
+    from chatstate.codec import Codec
+    from chatstate.model import new_record
+
+    codec = Codec(format="msgpack")
+    keys = [SessionKey.user("bench", u) for u in range(workload.users)]
+    raws: dict[int, bytes] = {}
+
+    async def cycle(user: int, message: int) -> None:
+        raw = raws.get(user)
+        record = new_record(keys[user]) if raw is None else codec.decode(raw)
+        record.state = STATES[message % 3]
+        data = record.data
+        data["last_text"] = _text(message)
+        data["step"] = message
+        data["count"] = data.get("count", 0) + 1
+        record.counters.messages += 1
+        record.version += 1
+        raws[user] = codec.encode(record)
+
+    yield cycle
+
+
 # -- aiogram ------------------------------------------------------------------------------------
 
 
