@@ -1,9 +1,11 @@
 """Server-side and wire figures around one measured run.
 
 * RedisProbe: client round trips per update (every request write of redis-py's asyncio
-  connections, a pipeline or script call counting once), Redis server CPU microseconds per
-  update (INFO cpu: user + sys of the server process, which includes its network work) and
-  server commands per update (INFO commandstats; commands run inside scripts count too).
+  connections, a pipeline or script call counting once); Redis server microseconds per update
+  from INFO commandstats, top-level commands only (the issue's measure; see the class for how
+  commands run inside scripts are kept from counting twice); INFO cpu microseconds per update
+  (user + sys of the server process, its network work included) as a second view; commands
+  per update.
 * PostgresProbe: transactions per update (pg_stat_database.xact_commit of the database).
 
 `start()` and `stop()` bracket the workload; `finish(messages)` returns the figures.
@@ -24,15 +26,41 @@ class Probe(Protocol):
 
 
 class RedisProbe:
+    """Redis figures of one run, on the issue's terms.
+
+    * ``round_trips_per_update``: request writes of redis-py's asyncio connections per update
+      (a pipeline or a script call counts once).
+    * ``server_cmd_us_per_update``: the issue's "Redis server CPU microseconds per update
+      (from INFO commandstats)": the ``usec`` that commandstats charges to the commands the
+      clients sent, per update. Redis 7 charges a command run inside a Lua script twice: in
+      the script's own ``usec`` (cmdstat_evalsha times the whole script, its nested calls
+      included) and again on the nested command's own line (cmdstat_hset, ...), so the plain
+      sum of every line double counts. The probe therefore counts, client side, how many of
+      each command the clients sent (``send_command`` and the pipelines' ``pack_commands``),
+      and takes from each commandstats line only the share of its calls that were sent at top
+      level: ``usec * min(1, sent / calls)``. A command only ever run inside scripts (the
+      store's HSET, ZADD, ...) contributes nothing of its own (its time is in EVALSHA's), a
+      script call contributes all its time, and a command run both ways (aiogram's GET, also
+      run by the redis-py lock's release script) contributes its top-level calls at the
+      command's average cost per call. The probe's own INFO calls are not counted.
+    * ``server_cpu_us_per_update``: INFO cpu (user + sys of the whole server process, which
+      includes its network work and its idle event loop), per update: a second view.
+    * ``server_commands_per_update``: commands executed per update (commandstats calls, those
+      run inside scripts included) and ``client_commands_per_update``: top-level commands
+      sent per update.
+    """
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.round_trips = 0
-        self._original: Any = None
-        self._before: tuple[float, int] = (0.0, 0)
-        self._after: tuple[float, int] = (0.0, 0)
+        self.sent: dict[str, int] = {}
+        self._patched: list[tuple[str, Any]] = []
+        self._before: tuple[float, dict[str, tuple[int, int]]] = (0.0, {})
+        self._after: tuple[float, dict[str, tuple[int, int]]] = (0.0, {})
 
-    async def _server_figures(self) -> tuple[float, int]:
-        """(server CPU seconds, commands processed), read on a connection of its own."""
+    async def _server_figures(self) -> tuple[float, dict[str, tuple[int, int]]]:
+        """(server CPU seconds, commandstats line -> (calls, usec)), read on a connection of
+        its own (before the counting starts and after it stopped)."""
         from redis.asyncio import Redis
 
         client = Redis.from_url(self.url)
@@ -42,39 +70,91 @@ class RedisProbe:
         finally:
             await client.aclose()
         seconds = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-        calls = sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_"))
-        return seconds, calls
+        lines = {
+            name[len("cmdstat_"):]: (int(v["calls"]), int(v["usec"]))
+            for name, v in stats.items() if name.startswith("cmdstat_")
+        }
+        return seconds, lines
+
+    def _count(self, name: Any) -> None:
+        if isinstance(name, bytes):
+            name = name.decode()
+        # "SCRIPT LOAD" (one argument or two words) is commandstats' "script|load".
+        key = "|".join(str(name).lower().split())
+        self.sent[key] = self.sent.get(key, 0) + 1
 
     async def start(self) -> None:
         from redis.asyncio.connection import AbstractConnection
 
         self._before = await self._server_figures()
-        original = AbstractConnection.send_packed_command
         probe = self
+        send_packed = AbstractConnection.send_packed_command
+        send_command = AbstractConnection.send_command
+        pack_commands = AbstractConnection.pack_commands
 
-        async def counting(conn: Any, command: Any, check_health: bool = True) -> None:
+        async def counting_send_packed(conn: Any, command: Any, check_health: bool = True) -> None:
             probe.round_trips += 1
-            await original(conn, command, check_health)
+            await send_packed(conn, command, check_health)
 
-        self._original = original
-        setattr(AbstractConnection, "send_packed_command", counting)  # noqa: B010
+        async def counting_send_command(conn: Any, *args: Any, **kwargs: Any) -> None:
+            if args:
+                name = args[0]
+                # redis-py sends a two-word command name as one argument ("SCRIPT LOAD"),
+                # or container commands as two (e.g. "CLIENT", "SETNAME").
+                probe._count(name)
+            await send_command(conn, *args, **kwargs)
+
+        def counting_pack_commands(conn: Any, commands: Any) -> Any:
+            commands = list(commands)
+            for args in commands:
+                if args:
+                    probe._count(args[0])
+            return pack_commands(conn, commands)
+
+        self._patched = [
+            ("send_packed_command", send_packed), ("send_command", send_command),
+            ("pack_commands", pack_commands),
+        ]
+        setattr(AbstractConnection, "send_packed_command", counting_send_packed)  # noqa: B010
+        setattr(AbstractConnection, "send_command", counting_send_command)  # noqa: B010
+        setattr(AbstractConnection, "pack_commands", counting_pack_commands)  # noqa: B010
 
     async def stop(self) -> None:
         from redis.asyncio.connection import AbstractConnection
 
-        setattr(AbstractConnection, "send_packed_command", self._original)  # noqa: B010
-        # The INFO calls of the probe itself: 2 commands on each reading, subtracted below.
+        for name, original in self._patched:
+            setattr(AbstractConnection, name, original)
+        self._patched = []
         self._after = await self._server_figures()
+
+    def top_level_usec(self) -> float:
+        """commandstats usec of the top-level commands (see the class docstring)."""
+        before, after = self._before[1], self._after[1]
+        total = 0.0
+        for line, (calls, usec) in after.items():
+            calls -= before.get(line, (0, 0))[0]
+            usec -= before.get(line, (0, 0))[1]
+            sent = self.sent.get(line, 0)
+            if calls > 0 and sent > 0:
+                total += usec * min(1.0, sent / calls)
+        return total
 
     async def finish(self, messages: int) -> dict[str, Any]:
         if not messages:
             return {}
         cpu = self._after[0] - self._before[0]
-        commands = self._after[1] - self._before[1] - 2
+        before, after = self._before[1], self._after[1]
+        # The probe's own INFO calls between the two readings are not the workload's.
+        commands = sum(
+            calls - before.get(line, (0, 0))[0]
+            for line, (calls, _) in after.items() if line != "info"
+        )
         return {
             "round_trips_per_update": round(self.round_trips / messages, 3),
+            "server_cmd_us_per_update": round(self.top_level_usec() / messages, 2),
             "server_cpu_us_per_update": round(cpu * 1e6 / messages, 2),
             "server_commands_per_update": round(commands / messages, 2),
+            "client_commands_per_update": round(sum(self.sent.values()) / messages, 2),
         }
 
 
