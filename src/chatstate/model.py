@@ -181,6 +181,7 @@ class Counters(msgspec.Struct, kw_only=True, omit_defaults=True):
     errors: int = 0  # handler errors, all time
     consecutive_errors: int = 0  # reset by a successful update
     last_seq: int = 0  # sequence number of the newest history message
+    dropped_through: int = 0  # history messages with seq <= this were deleted
 
 
 class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -150,6 +150,10 @@ class Session:
         """Delete stored messages with seq <= `seq` when the update commits."""
         current = self.history.drop_messages_through or 0
         self.history.drop_messages_through = max(current, seq)
+        # The record says so too: readers holding messages in memory (the context tail
+        # cache, other processes') learn from it which ones are gone.
+        counters = self.record.counters
+        counters.dropped_through = max(counters.dropped_through, seq)
 
     def drop_summaries(self) -> None:
         self.history.drop_summaries = True

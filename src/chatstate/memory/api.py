@@ -51,6 +51,7 @@ from .summarize import (
     bound_summary,
     plan_summary,
 )
+from .tail_cache import TailCache, same_message
 from .tokens import TokenCounter
 
 if TYPE_CHECKING:
@@ -85,6 +86,9 @@ class MemoryConfig:
     summary_timeout: float = 120.0  # a summariser taking longer fails (and its claim expires)
     max_messages: int | None = None  # cap on stored history; only summarised messages go
     model: str | None = None  # the model contexts are built for (per-model token correction)
+    # Sessions whose newest messages this process keeps decoded between turns (0: none), so
+    # a context reads only what was committed since the last one (see `tail_cache`).
+    context_cache: int = 256
 
     def __post_init__(self) -> None:
         if self.token_limit <= 0:
@@ -95,6 +99,8 @@ class MemoryConfig:
             )
         if self.summary_max_tokens <= 0 or self.min_messages < 1:
             raise ChatstateError("summary_max_tokens and min_messages must be positive")
+        if self.context_cache < 0:
+            raise ChatstateError("MemoryConfig.context_cache must be 0 (off) or more")
         if self.max_messages is not None and self.max_messages < 1:
             raise ChatstateError("max_messages must be at least 1 (or None for no cap)")
 
@@ -123,6 +129,7 @@ class Memory:
         self.summarizer: Summarizer = summarizer or ExtractiveSummarizer()
         self.archive = archive
         self.reader = HistoryReader(manager.store)
+        self._tails = TailCache(self.config.context_cache)
         self._running: set[str] = set()  # keys being summarised by this process
         self._tasks: dict[str, asyncio.Task[Summary | None]] = {}
 
@@ -325,23 +332,87 @@ class Memory:
         self, target: Target, record: SessionRecord, covered: int, budget: int
     ) -> AsyncGenerator[list[Message], None]:
         """Pages of the messages after `covered`, newest first: this update's staged ones,
-        then the stored ones."""
+        then the stored ones (from the tail cache where it can serve them)."""
         floor = max(covered, _staged_floor(target))
         staged = _staged(target)
         newest = [m for m in reversed(staged) if m.seq > floor]
         if newest:
             yield newest
+        # Staged messages are newer than anything stored.
+        stored_top = staged[0].seq - 1 if staged else record.counters.last_seq
+        if stored_top <= floor:
+            return
         # First page sized for the budget (~25 tokens a message), doubling after that.
         page = max(8, min(256, budget // 25))
-        stored = self.reader.pages_backwards(record, page=page, stop_at=floor)
-        lowest = staged[0].seq if staged else None  # staged messages are newer than the store
+        if self._tails.max_sessions <= 0 or forks_of(record):
+            stored = self.reader.pages_backwards(
+                record, page=page, stop_at=floor, before=stored_top + 1
+            )
+            try:
+                async for chunk in stored:
+                    yield chunk
+            finally:
+                await stored.aclose()
+            return
+        async for chunk in self._cached_pages(record, stored_top, floor, page):
+            yield chunk
+
+    async def _cached_pages(
+        self, record: SessionRecord, stored_top: int, floor: int, page: int
+    ) -> AsyncGenerator[list[Message], None]:
+        """Stored messages newest first: the cached tail brought up to date with one range
+        read, then older pages from the store (which join the cache as they are read)."""
+        tails = self._tails
+        known, low = await self._fresh_tail(record, stored_top)
+        if known:
+            wanted = [m for m in reversed(known) if m.seq > floor]
+            if wanted:
+                yield wanted
+            if low <= floor + 1:
+                return
+        older = self.reader.pages_backwards(record, page=page, stop_at=floor, before=low)
         try:
-            async for chunk in stored:
-                if lowest is not None and chunk and chunk[0].seq >= lowest:
-                    chunk = [m for m in chunk if m.seq < lowest]
+            async for chunk in older:
+                if chunk:
+                    known = list(reversed(chunk)) + known
+                    tails.put(record.id, known, known[0].seq)
                 yield chunk
         finally:
-            await stored.aclose()
+            await older.aclose()
+
+    async def _fresh_tail(
+        self, record: SessionRecord, stored_top: int
+    ) -> tuple[list[Message], int]:
+        """The cached tail of `record` (every stored message from seq `low` up, oldest
+        first), checked against the record and extended by the messages committed since it was
+        filled; ([], stored_top + 1) when nothing usable is cached."""
+        tails = self._tails
+        nothing: tuple[list[Message], int] = ([], stored_top + 1)
+        entry = tails.get(record.id)
+        if entry is None:
+            return nothing
+        if stored_top < entry.high:  # history went back (replaced): nothing cached holds
+            tails.discard(record.id)
+            return nothing
+        messages = list(entry.messages)
+        low = entry.low
+        dropped = record.counters.dropped_through
+        if dropped >= low:
+            messages = [m for m in messages if m.seq > dropped]
+            low = dropped + 1
+        if not messages:
+            tails.discard(record.id)
+            return nothing
+        high = messages[-1].seq
+        if stored_top > high:
+            # Re-read the newest cached message too: it must still be the same one.
+            fresh = await self.manager.store.read_range(record.ref, high, stored_top)
+            if not fresh or not same_message(fresh[0], messages[-1]):
+                tails.discard(record.id)
+                return nothing
+            messages.extend(fresh[1:])
+        tails.put(record.id, messages, low)
+        return messages, low
 
     # -- summaries ----------------------------------------------------------------------------
 

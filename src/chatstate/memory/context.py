@@ -84,8 +84,8 @@ async def assemble(
     pending_messages: int | None = None,
 ) -> Context:
     """Build a context from pages of messages given newest first (already limited to those
-    after the summaries). `pending_messages`, when known, is how many such messages exist, to report how
-    many were left out. The iterator is closed as soon as the budget is full."""
+    after the summaries). `pending_messages`, when known, is how many such messages exist, to
+    report how many were left out. The iterator is closed as soon as the budget is full."""
     if budget_tokens <= 0:
         raise ContextOverflow(1, budget_tokens, "any context")
     priming = counter.chat_format.reply_priming

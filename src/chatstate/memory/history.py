@@ -200,13 +200,13 @@ class HistoryReader:
 
     async def pages_backwards(
         self, record: SessionRecord, *, page: int = 64, max_page: int = 1024,
-        stop_at: int = 0,
+        stop_at: int = 0, before: int | None = None,
     ) -> AsyncGenerator[list[Message], None]:
         """Pages of messages, each newest first, in sizes that double from `page` up to
         `max_page`, stopping before seq `stop_at` (exclusive lower bound). The caller stops
         iterating when it has enough, so the cost follows what it needs, not the length of the
-        history. (Whole pages, not single messages: one async step per page, not per message.)"""
-        before: int | None = None
+        history. (Whole pages, not single messages: one async step per page, not per message.)
+        With `before`, only messages with a lower seq."""
         size = max(1, page)
         while True:
             chunk = await self.read_tail(record, size, before_seq=before)
