@@ -610,7 +610,7 @@ class RedisStore(Store):
         ]
         if history:
             for message in history.append:
-                args += [message.seq, self.codec.encode_message(message)]
+                args += [message.seq, self.codec.pack_message(message)]
             for summary in history.summaries:
                 args += [summary.end_seq, self.codec.encode_summary(summary)]
         # Retrying is safe: every attempt carries the same random mark, stored with the row,
