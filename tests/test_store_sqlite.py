@@ -558,3 +558,73 @@ async def test_the_write_ahead_log_stays_bounded(tmp_path: Path) -> None:
                          Message(role="assistant", content="y" * 400))
         wal = path.with_name(path.name + "-wal").stat().st_size
     assert wal < 2 * WAL_SIZE_LIMIT, f"the WAL grew to {wal} bytes"
+
+
+async def test_writes_return_to_the_loop_once_the_worker_has_handed_its_batch_over(
+    tmp_path: Path,
+) -> None:
+    """While another connection holds the write lock, commits wait in the worker; once its
+    batch is handed over, the callers' next commits run on the loop's connection again (a
+    write counted as pending until its caller resumed kept every later write in the worker)."""
+    path = tmp_path / "back.db"
+    store = await _store(path)
+    hops = 0
+    run = store._run
+
+    async def counting_run(fn, *, write=False):  # type: ignore[no-untyped-def]
+        nonlocal hops
+        hops += write
+        return await run(fn, write=write)
+
+    store._run = counting_run  # type: ignore[method-assign]
+    other = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        records = [new_record(f"test:user:b{i}", now=T0) for i in range(8)]
+
+        async def writer(record) -> None:  # type: ignore[no-untyped-def]
+            for version in range(1, 41):
+                record.version = version
+                await store.commit(record, expected=version - 1)
+
+        tasks = [asyncio.create_task(writer(r)) for r in records]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert hops >= 1  # the lock was taken: the first writes went to the worker
+        other.execute("COMMIT")
+        await asyncio.gather(*tasks)
+        assert hops < 40, f"{hops} of 320 commits went through the worker"
+        for r in records:
+            assert (await store.load(r.key)).version == 40  # type: ignore[union-attr]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_checkpoints_follow_the_pages_written(tmp_path: Path) -> None:
+    """Commits that rewrite the same few pages fill the log slowly: the store asks for a
+    checkpoint (which holds writers off) after about CHECKPOINT_FRAMES log pages, not after
+    a fixed number of commits."""
+    from chatstate.stores.sqlite import CHECKPOINT_EVERY
+
+    store = await _store(tmp_path / "ckpt.db")
+    requests = 0
+    request = store._request_checkpoint
+
+    def counting_request() -> None:
+        nonlocal requests
+        requests += 1
+        request()
+
+    store._request_checkpoint = counting_request  # type: ignore[method-assign]
+    try:
+        records = [new_record(f"test:user:c{i}", now=T0) for i in range(2)]
+        commits = 16 * CHECKPOINT_EVERY
+        for n in range(commits):
+            record = records[n % 2]
+            record.version += 1
+            await store.commit(record, expected=record.version - 1)
+        # One log page or two per commit here: a checkpoint every ~1000 commits, not 256.
+        assert 1 <= requests <= commits // CHECKPOINT_EVERY // 2, requests
+    finally:
+        await store.close()

@@ -96,7 +96,12 @@ BUCKET_SECONDS = 60.0
 APP_ID = "chatstate"
 MAX_BATCH = 256  # jobs taken from the queue into one transaction
 WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the log file is truncated to after a checkpoint
-CHECKPOINT_EVERY = 256  # commits on the loop's connection between checkpoints (in the worker)
+# Checkpoints (in the worker) follow the size of the log: after each one the store knows how
+# many log frames (pages) its commits wrote, and it asks for the next one after about
+# CHECKPOINT_FRAMES frames (SQLite's own default). A unit is a commit or a history message.
+CHECKPOINT_FRAMES = 1000
+CHECKPOINT_EVERY = 256  # units before the first checkpoint
+CHECKPOINT_EVERY_MIN, CHECKPOINT_EVERY_MAX = 64, 2048
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chatstate_meta (name TEXT PRIMARY KEY, value);
@@ -216,7 +221,7 @@ _REFUSALS = (ConflictError, LookupError)
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop", "write")
+    __slots__ = ("fn", "future", "loop", "settled", "write")
 
     def __init__(
         self,
@@ -224,11 +229,13 @@ class _Job:
         write: bool,
         future: asyncio.Future[Any],
         loop: asyncio.AbstractEventLoop,
+        settled: Callable[[], None] | None = None,
     ) -> None:
         self.fn = fn
         self.write = write
         self.future = future
         self.loop = loop
+        self.settled = settled  # called on the loop when the result is handed over
 
 
 _Result = tuple[_Job, Any, BaseException | None]
@@ -237,6 +244,8 @@ _Result = tuple[_Job, Any, BaseException | None]
 def _resolve(results: list[_Result]) -> None:
     """Runs on the event loop: hand every result of one batch to its caller."""
     for job, value, error in results:
+        if job.settled is not None:
+            job.settled()
         future = job.future
         if future.done():
             continue  # the caller was cancelled; the job's effect (if a write) still stands
@@ -519,7 +528,8 @@ class SQLiteStore(Store):
         self._loop_batch: builtins.list[_Job] = []
         self._wrote_now = False  # a write went at once in this iteration (see `_write`)
         self._loop_tx_alone = False  # `_alone` at the start of the loop's current transaction
-        self._loop_commits = 0  # since the last checkpoint requested from the worker
+        self._loop_commits = 0  # units (see CHECKPOINT_FRAMES) since the last checkpoint
+        self._checkpoint_every = CHECKPOINT_EVERY
         self._checkpointing = False
 
     @property
@@ -781,12 +791,15 @@ class SQLiteStore(Store):
         if not write:
             worker.jobs.put(_Job(fn, False, future, loop))
             return await future
+        # Counted until the worker hands the result over (not until the caller resumes: the
+        # callers of one batch resume one after another, and the later ones' next writes
+        # would all still see a write pending and follow into the worker).
         self._writes_pending += 1
-        try:
-            worker.jobs.put(_Job(fn, True, future, loop))
-            return await future
-        finally:
-            self._writes_pending -= 1
+        worker.jobs.put(_Job(fn, True, future, loop, self._write_settled))
+        return await future
+
+    def _write_settled(self) -> None:
+        self._writes_pending -= 1
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a write job: on the loop's connection when that cannot wait (see the module
@@ -835,7 +848,7 @@ class SQLiteStore(Store):
 
     def _count_loop_commits(self, n: int) -> None:
         self._loop_commits += n
-        if self._loop_commits >= CHECKPOINT_EVERY and not self._checkpointing:
+        if self._loop_commits >= self._checkpoint_every and not self._checkpointing:
             self._request_checkpoint()
 
     def _flush_loop_batch(self) -> None:
@@ -872,13 +885,24 @@ class SQLiteStore(Store):
         if worker is None or loop is None:
             return
         self._checkpointing = True
-        self._loop_commits = 0
+        units, self._loop_commits = self._loop_commits, 0
         future: asyncio.Future[Any] = loop.create_future()
 
         def done(f: asyncio.Future[Any]) -> None:
             self._checkpointing = False
-            if not f.cancelled() and f.exception() is not None:
+            if f.cancelled():
+                return
+            if f.exception() is not None:
                 log.warning("SQLite checkpoint of %r failed: %s", self.path, f.exception())
+                return
+            rows = f.result()
+            frames = rows[0][1] if rows and rows[0][1] > 0 else 0
+            if frames:  # the next one after about CHECKPOINT_FRAMES frames (at most 2x later)
+                every = int(units * CHECKPOINT_FRAMES / frames)
+                self._checkpoint_every = max(
+                    CHECKPOINT_EVERY_MIN, min(every, 2 * self._checkpoint_every,
+                                              CHECKPOINT_EVERY_MAX),
+                )
 
         future.add_done_callback(done)
         worker.jobs.put(_Job(_checkpoint, False, future, loop))
@@ -968,6 +992,8 @@ class SQLiteStore(Store):
             if changes is not None:
                 _write_history(conn, fts, rid, changes)
 
+        if changes is not None:
+            self._loop_commits += len(changes.messages)  # log pages: see CHECKPOINT_FRAMES
         await self._write(job)
 
     def _history_rows(self, rid: str, history: HistoryChanges) -> _HistoryRows:
