@@ -162,3 +162,20 @@ def test_the_cache_is_bounded() -> None:
     off = TailCache(max_sessions=0)
     off.put("a", messages, 1)
     assert off.get("a") is None
+
+
+async def test_the_cache_follows_the_budget_not_the_conversation(
+    manager: SessionManager,
+) -> None:
+    memory = memory_of(manager)
+    await add_turns(memory, 40, seed=10)
+    for _ in range(3):
+        await add_turns(memory, 20, seed=11)
+        context = await memory.build_context(KEY, BUDGET)
+    record = await memory.record_of(KEY)
+    entry = memory._tails.get(record.id)
+    page = max(8, min(256, BUDGET // 25))
+    assert entry is not None
+    # The pages the context read: what it kept, the turn that did not fit, within a page.
+    assert len(entry.messages) <= len(context.messages) + 2 * page
+    assert record.counters.last_seq > len(entry.messages) * 2

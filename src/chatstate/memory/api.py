@@ -354,31 +354,52 @@ class Memory:
             finally:
                 await stored.aclose()
             return
-        async for chunk in self._cached_pages(record, stored_top, floor, page):
-            yield chunk
+        cached = self._cached_pages(record, stored_top, floor, page)
+        try:
+            async for chunk in cached:
+                yield chunk
+        finally:
+            await cached.aclose()
 
     async def _cached_pages(
         self, record: SessionRecord, stored_top: int, floor: int, page: int
     ) -> AsyncGenerator[list[Message], None]:
         """Stored messages newest first: the cached tail brought up to date with one range
-        read, then older pages from the store (which join the cache as they are read)."""
+        read, then older pages from the store (which join the cache as they are read). The
+        cache keeps the pages the context read, so it follows the budget, not the
+        conversation."""
         tails = self._tails
         known, low = await self._fresh_tail(record, stored_top)
-        if known:
-            wanted = [m for m in reversed(known) if m.seq > floor]
-            if wanted:
-                yield wanted
+        used = 0  # messages handed out, newest first
+        try:
+            end = len(known)
+            while end > 0:
+                chunk = known[max(0, end - page):end]
+                end -= len(chunk)
+                chunk.reverse()
+                if chunk[-1].seq <= floor:
+                    chunk = [m for m in chunk if m.seq > floor]
+                    used += len(chunk)
+                    yield chunk
+                    return
+                used += len(chunk)
+                yield chunk
             if low <= floor + 1:
                 return
-        older = self.reader.pages_backwards(record, page=page, stop_at=floor, before=low)
-        try:
-            async for chunk in older:
-                if chunk:
-                    known = list(reversed(chunk)) + known
-                    tails.put(record.id, known, known[0].seq)
-                yield chunk
+            older = self.reader.pages_backwards(record, page=page, stop_at=floor, before=low)
+            try:
+                async for chunk in older:
+                    if chunk:
+                        known = list(reversed(chunk)) + known
+                        tails.put(record.id, known, known[0].seq)
+                    used += len(chunk)
+                    yield chunk
+            finally:
+                await older.aclose()
         finally:
-            await older.aclose()
+            if used and len(known) > used:
+                keep = known[-used:]
+                tails.put(record.id, keep, keep[0].seq)
 
     async def _fresh_tail(
         self, record: SessionRecord, stored_top: int
