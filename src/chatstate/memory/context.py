@@ -152,8 +152,8 @@ class _Builder:
 
     def take(self, turn_newest_first: list[Message]) -> bool:
         """Admit one whole turn; False when it does not fit (reading stops there)."""
-        turn = list(reversed(turn_newest_first))
-        cost = sum(self.counter.count_message(m) for m in turn)
+        turn = turn_newest_first[::-1]
+        cost = self._cost(turn)
         if not self.turns and not self.partial:
             if cost > self.available:
                 if not self.allow_partial:
@@ -170,6 +170,16 @@ class _Builder:
         self.used += cost
         self.turns.append(turn)
         return True
+
+    def _cost(self, messages: list[Message]) -> int:
+        """`counter.count_message` summed, inlined: this runs for every message of a context."""
+        fmt = self.counter.chat_format
+        per_message, per_name = fmt.per_message, fmt.per_name
+        cost = 0
+        for m in messages:
+            tokens = m.tokens if m.tokens > 0 else self.counter.content_tokens(m)
+            cost += tokens + per_message + (per_name if m.name else 0)
+        return cost
 
     def _take_partial(self, turn: list[Message]) -> None:
         """Keep the newest whole tool-call groups of a turn larger than the budget."""
