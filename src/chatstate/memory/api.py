@@ -8,7 +8,8 @@
         await memory.add(s, "assistant", reply.text, usage=reply.usage, model="gpt-4o")
 
 Messages are staged on the open `Session` and committed atomically with the record by the
-engine; reads go to the store (tail and range reads only). Rolling summaries run after the update
+engine; reads go to the store (tail and range reads only), except that a context starts from the
+messages the previous one read, kept decoded in a small cache (`tail_cache`). Rolling summaries run after the update
 that crossed the threshold, in the background, taking the session's lock only for the two short
 steps that plan and commit them (never while the summariser runs), and at most one at a time per
 session, also across processes.
