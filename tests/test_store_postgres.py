@@ -292,11 +292,14 @@ async def test_a_version_1_database_is_upgraded_in_place(
             Message(role="user", content=f"hello number {i}", seq=1),
             Message(role="assistant", content=[{"type": "text", "text": "Bonjour Ada"}], seq=2),
         ])
-        # Version 1's commit function takes the first 25 of today's arguments.
+        # Version 1's commit function takes the first 21 of today's arguments, then the
+        # history as JSON: messages, summaries, drop through, drop summaries.
+        appended = b"[" + b",".join(old.codec.encode_message(m) for m in history.append) + b"]"
         row = await admin.fetchrow(
             f'SELECT outcome, actual FROM "{schema}".commit_session('
             + ", ".join(f"${i}" for i in range(1, 26)) + ")",
-            *old.commit_arguments(record, 0, history=history)[:25],
+            *old.commit_arguments(record, 0, history=history)[:21], appended, None, None,
+            False,
         )
         assert row["outcome"] == 0
         records.append(record)
@@ -320,6 +323,99 @@ async def test_a_version_1_database_is_upgraded_in_place(
             assert [m.seq for m in found] == [2]
         stats = await store.stats(labels=["tier"])
         assert stats.total == 3 and stats.by_label == {"tier": {"gold": 3}}
+    finally:
+        await store.close()
+
+
+async def test_a_version_9_history_is_upgraded_to_rows_per_commit(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    """Messages stored one per row (JSON) before version 10 stay readable, countable,
+    searchable and droppable next to the rows written after `chatstate db upgrade`."""
+    url = store_url(schema)
+    assert await schema_sql.apply_migrations(admin, schema, target=9) == list(range(1, 10))
+    await admin.set_type_codec("jsonb", schema="pg_catalog", encoder=lambda b: b"\x01" + b,
+                               decoder=lambda b: b[1:], format="binary")
+    old = PostgresStore.from_url(url)
+    record = new_record("telegram:user:9", now=1000.0)
+    record.version = 1
+    record.counters.last_seq = 3
+    history = HistoryChanges(append=[
+        Message(role="user", content="hello old world", seq=1, turn_id="t1"),
+        Message(role="assistant", content=[{"type": "text", "text": "Bonjour Ada"}], seq=2),
+        Message(role="tool", content="result zebra", seq=3, tool_call_id="c1"),
+    ])
+    appended = b"[" + b",".join(old.codec.encode_message(m) for m in history.append) + b"]"
+    # Version 9's commit function: today's first 21 arguments, the messages as JSON,
+    # summaries, drop through, drop summaries, the commit mark.
+    row = await admin.fetchrow(
+        f'SELECT outcome, actual FROM "{schema}".commit_session('
+        + ", ".join(f"${i}" for i in range(1, 27)) + ")",
+        *old.commit_arguments(record, 0)[:21], appended.decode(), None, None, False,
+        uuid.uuid4(),
+    )
+    assert row["outcome"] == 0
+
+    assert await upgrade(url) == [10]
+    assert await schema_sql.applied_versions(admin, schema) == list(range(1, 11))
+    assert await admin.fetchval(f"SELECT to_regclass('\"{schema}\".messages')") is None
+
+    store = PostgresStore.from_url(url, migrate=False)
+    await store.open()
+    try:
+        ref = record.ref
+        assert await store.read_tail(ref, 10) == history.append
+        record.version = 2
+        newer = [Message(role="user", content=f"new message {i}", seq=i) for i in range(4, 9)]
+        await store.commit(record, expected=1, history=HistoryChanges(append=newer))
+        assert await store.count_messages(ref) == 8
+        assert [m.seq for m in await store.read_tail(ref, 4, before_seq=6)] == [2, 3, 4, 5]
+        assert [m.seq for m in await store.read_range(ref, 3, 5)] == [3, 4, 5]
+        assert [m.seq for m in await store.search_messages(ref, "bonj")] == [2]
+        assert [m.seq for m in await store.search_messages(ref, "message")] == [8, 7, 6, 5, 4]
+        # A drop through the middle of the new row keeps its newer messages.
+        record.version = 3
+        await store.commit(record, expected=2, history=HistoryChanges(drop_messages_through=5))
+        assert await store.count_messages(ref) == 3
+        assert [m.seq for m in await store.read_tail(ref, 10)] == [6, 7, 8]
+        assert [m.content for m in await store.search_messages(ref, "new")] == [
+            "new message 8", "new message 7", "new message 6"]
+    finally:
+        await store.close()
+
+
+async def test_history_rows_keep_any_content_and_search_per_message(schema: str) -> None:
+    """Contents PostgreSQL text cannot hold (NUL), structured parts, other scripts and long
+    appends (several rows per commit) round trip; search matches messages, not rows."""
+    store = PostgresStore.from_url(store_url(schema))
+    await store.open()
+    try:
+        record = new_record("web:user:2", now=1.0)
+        record.version = 1
+        odd = [
+            Message(role="user", content="nul\x00inside search me", seq=1),
+            Message(role="assistant", content=[{"type": "text", "text": "parts search"},
+                                               {"type": "image", "url": "u"}], seq=2),
+            Message(role="user", content="Grüße 𝄞 日本語 search", seq=3, metadata={"a": 1}),
+            Message(role="user", content="", seq=4),
+            Message(role="user", content="only one word here", seq=5),
+        ]
+        many = [Message(role="user", content=f"bulk {i}", seq=i) for i in range(6, 206)]
+        await store.commit(record, expected=0, history=HistoryChanges(append=odd + many))
+        ref = record.ref
+        assert await store.read_range(ref, 1, 5) == odd
+        assert await store.count_messages(ref) == 205
+        assert [m.seq for m in await store.read_tail(ref, 3)] == [203, 204, 205]
+        assert [m.seq for m in await store.read_tail(ref, 3, before_seq=70)] == [67, 68, 69]
+        assert [m.seq for m in await store.read_range(ref, 60, 70)] == list(range(60, 71))
+        assert [m.seq for m in await store.search_messages(ref, "search")] == [3, 2, 1]
+        assert [m.seq for m in await store.search_messages(ref, "日本語")] == [3]
+        assert await store.search_messages(ref, "only search") == []
+        assert [m.seq for m in await store.search_messages(ref, "bulk", limit=3)] == [
+            205, 204, 203]
+        rows = await store._read("rows", lambda c: c.fetchval(
+            f'SELECT count(*) FROM "{schema}".history'))
+        assert rows == 4  # 205 messages in rows of at most 64
     finally:
         await store.close()
 

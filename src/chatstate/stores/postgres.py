@@ -87,6 +87,15 @@ log = logging.getLogger("chatstate.stores.postgres")
 
 T = TypeVar("T")
 _Messages = list[Message]  # an alias: inside the class `list` is the listing method
+_Ints = list[int]
+
+
+def _fetch(query: str, *args: Any) -> Callable[[Any], Awaitable[Any]]:
+    return lambda conn: conn.fetch(query, *args)
+
+
+def _by_seq(message: Message) -> int:
+    return message.seq
 
 DEFAULT_SCHEMA = "chatstate"
 MAX_POOL_SIZE = 200
@@ -168,6 +177,18 @@ def _is_json(raw: bytes) -> bool:
 
 def _json_array(items: Sequence[bytes]) -> bytes:
     return b"[" + b",".join(items) + b"]"
+
+
+_COMMIT_ARGS = 34  # parameters of commit_session (postgres_schema, version 10)
+_ROW_ENCODER = msgspec.msgpack.Encoder()
+_ROW_DECODER = msgspec.msgpack.Decoder(list[int | bytes])
+
+
+def _matches(text: str, words: Sequence[str]) -> bool:
+    """Every word is a word of `text` or the start of one (case-insensitive): what the
+    full-text query asks of a row, asked of one of its messages."""
+    tokens = _WORD_RE.findall(text.lower())
+    return all(any(t.startswith(w) for t in tokens) for w in words)
 
 
 def _encode_cursor(last_activity: float, session_id: str) -> str:
@@ -359,7 +380,7 @@ class PostgresStore(Store):
         q = self._q
         now = "coalesce({}::float8, extract(epoch FROM clock_timestamp()))"
         delete_rows = (
-            f"m AS (DELETE FROM {q}.messages WHERE sid IN (SELECT num FROM d)), "
+            f"m AS (DELETE FROM {q}.history WHERE sid IN (SELECT num FROM d)), "
             f"su AS (DELETE FROM {q}.summaries WHERE session_id IN (SELECT id FROM d)) "
         )
         # History rows are keyed by the session's number (see postgres_schema, version 3).
@@ -373,7 +394,7 @@ class PostgresStore(Store):
             ),
             "commit": (
                 f"SELECT outcome, actual FROM {q}.commit_session("
-                + ", ".join(f"${i}" for i in range(1, 27))
+                + ", ".join(f"${i}" for i in range(1, _COMMIT_ARGS + 1))
                 + ")"
             ),
             "renew": (
@@ -403,19 +424,38 @@ class PostgresStore(Store):
             "list_quarantined": (
                 f"SELECT key, reason, at, raw FROM {q}.quarantine ORDER BY id DESC LIMIT $1"
             ),
+            # History rows hold the messages of one commit (postgres_schema, version 10),
+            # keyed by their newest seq. The tail: the newest rows below `before` until they
+            # hold `limit` messages (a running count of `n`; the scan stops after `limit` rows),
+            # and with a `before`, the row holding it (its older messages may belong in).
             "read_tail": (
-                f"SELECT body FROM {q}.messages WHERE {sid} AND seq < $2 "
-                "ORDER BY seq DESC LIMIT $3"
+                f"SELECT body, txt FROM (SELECT body, txt, sum(n) OVER (ORDER BY seq DESC) - n "
+                f"AS newer FROM {q}.history WHERE {sid} AND seq < $2 ORDER BY seq DESC "
+                "LIMIT $3) t WHERE newer < $3"
             ),
+            "read_tail_before": (
+                f"(SELECT body, txt FROM {q}.history WHERE {sid} AND seq >= $2 ORDER BY seq "
+                "LIMIT 1) UNION ALL "
+                f"(SELECT body, txt FROM (SELECT body, txt, sum(n) OVER (ORDER BY seq DESC) - n "
+                f"AS newer FROM {q}.history WHERE {sid} AND seq < $2 ORDER BY seq DESC "
+                "LIMIT $3) t WHERE newer < $3)"
+            ),
+            # The rows ending inside the range, and the next one (it may start inside).
             "read_range": (
-                f"SELECT body FROM {q}.messages WHERE {sid} AND seq BETWEEN $2 AND $3 "
-                "ORDER BY seq"
+                f"(SELECT body, txt FROM {q}.history WHERE {sid} AND seq BETWEEN $2 AND $3) "
+                f"UNION ALL (SELECT body, txt FROM {q}.history WHERE {sid} AND seq > $3 "
+                "ORDER BY seq LIMIT 1)"
+            ),
+            # The row a drop ends in (the first row whose newest message is kept).
+            "drop_boundary": (
+                f"SELECT seq, body, txt FROM {q}.history WHERE {sid} AND seq > $2 "
+                "ORDER BY seq LIMIT 1"
             ),
             "count_messages": f"SELECT history_count FROM {q}.sessions WHERE id = $1",
             "search": (
-                f"SELECT body FROM {q}.messages WHERE {sid} "
-                f"AND to_tsvector('simple'::regconfig, {q}.message_text(body)) "
-                "@@ to_tsquery('simple', $2) ORDER BY seq DESC LIMIT $3"
+                f"SELECT seq, body, txt FROM {q}.history WHERE {sid} AND seq < $4 "
+                "AND to_tsvector('simple'::regconfig, txt) @@ to_tsquery('simple', $2) "
+                "ORDER BY seq DESC LIMIT $3"
             ),
             "list_summaries": (
                 f"SELECT record FROM {q}.summaries WHERE session_id = $1 "
@@ -634,7 +674,10 @@ class PostgresStore(Store):
             raise ConfigurationError(
                 f"the lease is for session {lease.key!r}, not {key!r}; commit with its own lease"
             )
-        args = self.commit_arguments(record, expected, lease, release, history)
+        split = None
+        if history is not None and history.drop_messages_through is not None:
+            split = await self._drop_split(record.id, history.drop_messages_through)
+        args = self.commit_arguments(record, expected, lease, release, history, split=split)
         try:
             # Retried like a read: the function recognises a commit it already applied.
             row = await self._read("commit", lambda c: c.fetchrow(self._sql["commit"], *args))
@@ -647,6 +690,77 @@ class PostgresStore(Store):
         if outcome == 2:
             raise ConflictError(key, expected, row["actual"])
 
+    async def _drop_split(
+        self, session_id: str, through: int
+    ) -> tuple[int, int, bytes, str] | None:
+        """The history row a drop through `through` ends inside, re-encoded with the messages
+        it keeps: (row seq, n, body, txt); None when the drop ends between rows."""
+        row = await self._read(
+            "drop_boundary",
+            lambda c: c.fetchrow(self._sql["drop_boundary"], session_id, through),
+        )
+        if row is None:
+            return None
+        messages = self._row_messages(row["body"], row["txt"])
+        kept = [m for m in messages if m.seq > through]
+        if len(kept) == len(messages):
+            return None
+        _, ns, bodies, txts = self._history_rows(kept, limit=len(kept))
+        return row["seq"], ns[0], bodies[0], txts[0]
+
+    def _history_rows(
+        self, messages: Sequence[Message], limit: int = schema_sql.HISTORY_ROW_MESSAGES
+    ) -> tuple[_Ints, _Ints, builtins.list[bytes], builtins.list[str]]:
+        """Messages as history rows of at most `limit` messages (postgres_schema, version 10):
+        (newest seqs, counts, bodies, texts)."""
+        pack = self.codec.pack_message
+        searchable = self.codec.encryptor is None
+        seqs: _Ints = []
+        ns: _Ints = []
+        bodies: builtins.list[bytes] = []
+        txts: builtins.list[str] = []
+        for start in range(0, len(messages), limit):
+            chunk = messages[start:start + limit]
+            items: builtins.list[int | bytes] = []
+            texts: builtins.list[str] = []
+            for m in chunk:
+                content = m.content
+                if searchable and isinstance(content, str) and "\x00" not in content:
+                    items.append(len(content))
+                    items.append(pack(msgspec.structs.replace(m, content="")))
+                    texts.append(content)
+                else:
+                    text = m.text.replace("\x00", " ") if searchable else ""
+                    items.append(-1 - len(text))
+                    items.append(pack(m))
+                    texts.append(text)
+            seqs.append(max(m.seq for m in chunk))
+            ns.append(len(chunk))
+            bodies.append(_ROW_ENCODER.encode(items))
+            txts.append("".join(t + "\n" for t in texts))
+        return seqs, ns, bodies, txts
+
+    def _row_messages(self, body: bytes, txt: str) -> _Messages:
+        """The messages of one history row, in the order they were appended."""
+        decode = self.codec.decode_message
+        if body[:1] == b"{":  # a message written before version 10: its JSON form
+            return [decode(body)]
+        items = _ROW_DECODER.decode(body)
+        out: _Messages = []
+        pos = 0
+        for i in range(0, len(items), 2):
+            k = items[i]
+            raw = items[i + 1]
+            assert isinstance(k, int) and isinstance(raw, bytes)
+            message = decode(raw)
+            if k >= 0:
+                message.content = txt[pos:pos + k]
+                pos += k + 1
+            else:
+                pos += -k  # its search text and the newline
+            out.append(message)
+        return out
+
     def commit_arguments(
         self,
         record: SessionRecord,
@@ -654,17 +768,23 @@ class PostgresStore(Store):
         lease: Lease | None = None,
         release: bool = False,
         history: HistoryChanges | None = None,
+        *,
+        split: tuple[int, int, bytes, str] | None = None,
     ) -> tuple[Any, ...]:
         """The parameters of the commit function for one commit (encodes before any I/O, so
-        InvalidDataError and RecordTooLarge leave the database untouched)."""
+        InvalidDataError and RecordTooLarge leave the database untouched). `split` is the row a
+        drop ends inside, re-encoded (see `_drop_split`)."""
         key = record.key
         raw = self.codec.encode(record)  # InvalidDataError / RecordTooLarge before any I/O
-        append = summaries = None
+        rows: tuple[Any, ...] = (None, None, None, None)
+        added = 0
+        summaries = None
         drop_through = None
         drop_summaries = False
         if history:
             if history.append:
-                append = _json_array([self.codec.encode_message(m) for m in history.append])
+                rows = self._history_rows(history.append)
+                added = len(history.append)
             if history.summaries:
                 summaries = _json_array([self.codec.encode_summary(s) for s in history.summaries])
             drop_through = history.drop_messages_through
@@ -681,10 +801,11 @@ class PostgresStore(Store):
             record.close_reason, record.counters.messages,
             usage.input_tokens + usage.output_tokens, raw,
             lease.token if lease is not None else None, bool(release and lease is not None),
-            self._now(), append, summaries, drop_through, drop_summaries,
+            self._now(), *rows, added, summaries, drop_through, drop_summaries,
             # The commit's mark: the same for every attempt of this call, so a retry can tell
             # its own applied commit from an identical one by another writer.
             uuid.uuid4(),
+            *(split if split is not None else (None, None, None, None)),
         )
 
     async def delete(self, key: str, session_id: str | None = None) -> bool:
@@ -853,25 +974,39 @@ class PostgresStore(Store):
     # -- history ----------------------------------------------------------------------------
 
     def _messages(self, rows: Sequence[Any]) -> builtins.list[Message]:
-        return [self.codec.decode_message(row["body"]) for row in rows]
+        """The messages of history rows, ordered by seq."""
+        out: _Messages = []
+        for row in rows:
+            out.extend(self._row_messages(row["body"], row["txt"]))
+        out.sort(key=_by_seq)
+        return out
 
     async def read_tail(
         self, ref: SessionRef, limit: int, *, before_seq: int | None = None
     ) -> builtins.list[Message]:
         if limit <= 0:
             return []
-        before = _MAX_SEQ if before_seq is None else before_seq
-        rows = await self._read(
-            "read_tail", lambda c: c.fetch(self._sql["read_tail"], ref.id, before, limit)
-        )
-        return self._messages(rows[::-1])
+        if before_seq is None:
+            rows = await self._read(
+                "read_tail", lambda c: c.fetch(self._sql["read_tail"], ref.id, _MAX_SEQ, limit)
+            )
+            messages = self._messages(rows)
+        else:
+            rows = await self._read(
+                "read_tail",
+                lambda c: c.fetch(self._sql["read_tail_before"], ref.id, before_seq, limit),
+            )
+            messages = [m for m in self._messages(rows) if m.seq < before_seq]
+        return messages[-limit:]
 
     async def read_range(self, ref: SessionRef, start_seq: int, end_seq: int) -> _Messages:
+        if end_seq < start_seq:
+            return []
         rows = await self._read(
             "read_range",
             lambda c: c.fetch(self._sql["read_range"], ref.id, start_seq, end_seq),
         )
-        return self._messages(rows)
+        return [m for m in self._messages(rows) if start_seq <= m.seq <= end_seq]
 
     async def count_messages(self, ref: SessionRef) -> int:
         # Maintained by every commit on the session's row: no scan of the conversation.
@@ -888,10 +1023,22 @@ class PostgresStore(Store):
         if self.codec.encryptor is not None or not words:
             return await super().search_messages(ref, query, limit)
         tsquery = " & ".join(f"'{w}':*" for w in words)
-        rows = await self._read(
-            "search", lambda c: c.fetch(self._sql["search"], ref.id, tsquery, limit)
-        )
-        return self._messages(rows)
+        # A row matches when its messages hold the words together; each message is checked on
+        # its own here, newest first, paging back until `limit` are found.
+        found: _Messages = []
+        before = _MAX_SEQ
+        page = max(limit, 8)
+        while len(found) < limit:
+            statement = _fetch(self._sql["search"], ref.id, tsquery, page, before)
+            rows = await self._read("search", statement)
+            for row in rows:
+                messages = self._row_messages(row["body"], row["txt"])
+                messages.sort(key=_by_seq, reverse=True)
+                found.extend(m for m in messages if _matches(m.text, words))
+            if len(rows) < page:
+                break
+            before = rows[-1]["seq"]
+        return found[:limit]
 
     async def list_summaries(self, ref: SessionRef) -> builtins.list[Summary]:
         rows = await self._read(
