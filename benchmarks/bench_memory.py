@@ -280,6 +280,10 @@ async def _chatstate_bytes(backend: str, store: Any, workdir: Path) -> int | Non
                         total += sum(len(x[-1]) for x in item if isinstance(x, tuple))
         return total or None
     if backend == "sqlite":
+        # At rest: closing checkpoints the write-ahead log into the database file and removes
+        # it (while open, the log file keeps up to journal_size_limit bytes of old frames
+        # whatever the data). The store reopens by itself if used again.
+        await store.close()
         return _files_size(workdir, "chatstate.db*")
     if backend == "redis":
         client = store._client

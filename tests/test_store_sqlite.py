@@ -487,8 +487,77 @@ async def test_two_managers_on_one_file_serialise_updates_of_a_key(tmp_path: Pat
             await manager.aclose()
 
 
+# Schema 2's history: messages keyed by (session_id, seq) with the whole message as JSON, and a
+# keyword index keeping its own copy of the text (rowid = messages.rowid).
+_SCHEMA_2_HISTORY = [
+    "CREATE TABLE messages_v3 AS SELECT * FROM messages",
+    "DROP TABLE messages_fts",
+    "DROP TABLE messages",
+    "CREATE TABLE messages (session_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "tokens INTEGER NOT NULL DEFAULT 0, blob BLOB NOT NULL, PRIMARY KEY (session_id, seq))",
+    "CREATE VIRTUAL TABLE messages_fts USING fts5(body)",
+]
+
+
+def _downgrade_to_schema_2(path: Path) -> None:
+    """Turn a file of this code into the layout schema 2 had (sessions keyed by their text id
+    alone, messages by (session_id, seq) as JSON, the keyword index with its own text)."""
+    from chatstate.codec import Codec
+    from chatstate.stores.sqlite import _SESSION_COLUMNS, SEQ_BITS, SEQ_MASK
+
+    codec = Codec()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    for statement in _SCHEMA_2_HISTORY:
+        conn.execute(statement)
+    rows = conn.execute(
+        "SELECT s.id, m.id, m.body, m.blob FROM messages_v3 m "
+        f"JOIN sessions s ON s.sid = m.id >> {SEQ_BITS} ORDER BY m.id"
+    ).fetchall()
+    for session_id, mid, body, blob in rows:
+        message = codec.decode_message(blob)
+        if body is not None and isinstance(message.content, str):
+            message.content = body
+        message.seq = mid & SEQ_MASK
+        conn.execute(
+            "INSERT INTO messages (session_id, seq, tokens, blob) VALUES (?, ?, ?, ?)",
+            (session_id, message.seq, message.tokens, codec.encode_message(message)),
+        )
+        conn.execute(
+            "INSERT INTO messages_fts (rowid, body) SELECT rowid, ? FROM messages "
+            "WHERE session_id = ? AND seq = ?", (message.text, session_id, message.seq),
+        )
+    conn.execute("DROP TABLE messages_v3")
+    indexes = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sessions' "
+        "AND sql IS NOT NULL"
+    ).fetchall()
+    conn.execute("ALTER TABLE sessions RENAME TO sessions_v3")
+    for name in ("current", "activity_min", "due_warn_min", "due_expire_min", "due_purge_min"):
+        conn.execute(f"DROP INDEX sessions_{name}")
+    columns = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'sessions_v3'").fetchone()
+    ddl = columns[0].replace('"sessions_v3"', "sessions").replace("sessions_v3", "sessions")
+    ddl = ddl.replace("sid INTEGER PRIMARY KEY,", "").replace(
+        "id TEXT NOT NULL UNIQUE", "id TEXT PRIMARY KEY"
+    )
+    conn.execute(ddl)
+    conn.execute(
+        f"INSERT INTO sessions ({_SESSION_COLUMNS}) SELECT {_SESSION_COLUMNS} FROM sessions_v3 "
+        "ORDER BY sid"
+    )
+    conn.execute("DROP TABLE sessions_v3")
+    for (sql,) in indexes:
+        conn.execute(sql)
+    conn.execute("UPDATE chatstate_meta SET value = 2 WHERE name = 'schema_version'")
+    conn.execute("COMMIT")
+    assert "sid" not in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'sessions'"
+                                     ).fetchone()[0]
+    conn.close()
+
+
 def _downgrade_to_schema_1(path: Path) -> None:
     """Turn a file of this code into the layout schema 1 had (indexes on the exact times)."""
+    _downgrade_to_schema_2(path)
     conn = sqlite3.connect(path, isolation_level=None)
     for name in ("activity", "due_warn", "due_expire", "due_purge"):
         conn.execute(f"DROP INDEX sessions_{name}_min")
@@ -523,7 +592,7 @@ async def test_a_schema_1_file_is_migrated_on_open(tmp_path: Path) -> None:
                 "SELECT value FROM chatstate_meta WHERE name = 'schema_version'"
             ).fetchone()[0]
         )
-        assert version == SCHEMA_VERSION == 2
+        assert version == SCHEMA_VERSION == 3
         listed = await store.list(limit=2)
         ids = [r.id for r in listed.items]
         while listed.next_cursor:
@@ -626,5 +695,109 @@ async def test_checkpoints_follow_the_pages_written(tmp_path: Path) -> None:
             await store.commit(record, expected=record.version - 1)
         # One log page or two per commit here: a checkpoint every ~1000 commits, not 256.
         assert 1 <= requests <= commits // CHECKPOINT_EVERY // 2, requests
+    finally:
+        await store.close()
+
+
+async def test_a_schema_2_file_is_migrated_with_its_history_and_keyword_index(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.db"
+    store = await _store(path)
+    records = []
+    for i in range(3):
+        record = new_record(f"test:user:h{i}", now=T0 + i)
+        record.version = 1
+        history = HistoryChanges(append=[
+            Message(role="user", content=f"hello number {i} from berlin", seq=1, tokens=5),
+            Message(role="assistant", content=[{"type": "text", "text": f"reply {i} lisbon"}],
+                    seq=2, turn_id="t1"),
+            Message(role="user", content=f"order {i} refund", seq=3),
+        ])
+        await store.commit(record, expected=0, history=history)
+        records.append(record)
+    before = [await store.read_tail(r.ref, 10) for r in records]
+    await store.close()
+    _downgrade_to_schema_2(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM messages WHERE session_id = ?",
+                        (records[1].id,)).fetchone() == (3,)
+    conn.close()
+
+    store = await _store(path)
+    try:
+        version = await store._run(
+            lambda c: c.execute(
+                "SELECT value FROM chatstate_meta WHERE name = 'schema_version'"
+            ).fetchone()[0]
+        )
+        assert version == SCHEMA_VERSION == 3
+        for record, old in zip(records, before, strict=True):
+            assert await store.read_tail(record.ref, 10) == old
+            assert await store.read_range(record.ref, 2, 3) == old[1:]
+            assert await store.count_messages(record.ref) == 3
+        found = await store.search_messages(records[2].ref, "berl")
+        assert [m.seq for m in found] == [1]
+        assert [m.seq for m in await store.search_messages(records[1].ref, "lisbon")] == [2]
+        # New history after the migration: appended, searchable, dropped from the index.
+        second = msgspec.structs.replace(records[0], version=2)
+        await store.commit(second, expected=1, history=HistoryChanges(
+            append=[Message(role="user", content="weather tomorrow", seq=4)],
+            drop_messages_through=1,
+        ))
+        assert [m.seq for m in await store.read_tail(records[0].ref, 10)] == [2, 3, 4]
+        assert [m.seq for m in await store.search_messages(records[0].ref, "weather")] == [4]
+        assert await store.search_messages(records[0].ref, "berlin") == []
+        assert await store.delete(records[1].key)
+        assert await store.count_messages(records[1].ref) == 0
+        check = await store._run(
+            lambda c: c.execute(
+                "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)"
+            ).fetchall()
+        )
+        assert check == []
+    finally:
+        await store.close()
+
+
+async def test_keyword_search_through_the_compact_index(tmp_path: Path) -> None:
+    """The index keeps which messages hold a token (not where): a word of several tokens must
+    also appear as it is; replaced and dropped messages leave the index."""
+    store = await _store(tmp_path / "search.db")
+    try:
+        record = new_record("test:user:s", now=T0)
+        record.version = 1
+        texts = ["Try gpt-4o tonight", "gpt and 4o apart", "Hello, Berlin!", "hello lisbon"]
+        await store.commit(record, expected=0, history=HistoryChanges(append=[
+            Message(role="user", content=text, seq=i + 1) for i, text in enumerate(texts)
+        ]))
+        ref = record.ref
+
+        async def seqs(query: str) -> list[int]:
+            return [m.seq for m in await store.search_messages(ref, query)]
+
+        assert await seqs("gpt-4o") == [1]
+        assert await seqs("GPT 4O") == [2, 1]
+        assert await seqs("hello,") == [4, 3]
+        assert await seqs("berl hel") == [3]
+        assert await seqs("lis") == [4]
+        assert await seqs("bon") == []
+        assert [m.content for m in await store.search_messages(ref, "hello", limit=1)] == [
+            "hello lisbon"
+        ]
+        # Replace message 2 and drop message 1: the index follows.
+        record.version = 2
+        await store.commit(record, expected=1, history=HistoryChanges(
+            append=[Message(role="user", content="nothing here", seq=2)],
+            drop_messages_through=1,
+        ))
+        assert await seqs("gpt") == []
+        assert await seqs("nothing") == [2]
+        check = await store._run(
+            lambda c: c.execute(
+                "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)"
+            ).fetchall()
+        )
+        assert check == []
     finally:
         await store.close()

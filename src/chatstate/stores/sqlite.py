@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import queue
+import re
 import sqlite3
 import struct
 import threading
@@ -62,6 +63,7 @@ from ..errors import (
     ConfigurationError,
     ConflictError,
     CorruptRecordError,
+    InvalidDataError,
     LeaseLost,
     SchemaError,
     StoreUnavailable,
@@ -84,12 +86,17 @@ log = logging.getLogger("chatstate.stores.sqlite")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the table layout below. A file with a newer version is refused (SchemaError); an
 older one is migrated when opened (every process on the file must run this code from then on).
 1 -> 2: the activity and due indexes are on minute buckets (`*_min` columns) instead of the exact
 times, so that the updates of a chat within a minute leave the index pages alone (one page
-written per commit instead of three or four); queries filter and order on the exact columns."""
+written per commit instead of three or four); queries filter and order on the exact columns.
+2 -> 3: compact history. Each session has a stable integer `sid` (the sessions table's rowid);
+a message's row is keyed by ``sid << 32 | seq`` (one B-tree, no index, no session id per
+row), holds its body in the compact positional form (`Codec.pack_message`) and, while keyword
+search is on, its text in `body` (out of the packed form, not twice), which the FTS5 index
+reads as its external content instead of keeping a copy."""
 
 BUCKET_SECONDS = 60.0
 
@@ -106,7 +113,8 @@ CHECKPOINT_EVERY_MIN, CHECKPOINT_EVERY_MAX = 64, 2048
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chatstate_meta (name TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
+    sid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
     key TEXT NOT NULL,
     current INTEGER NOT NULL,
     status TEXT NOT NULL,
@@ -142,11 +150,9 @@ CREATE INDEX IF NOT EXISTS sessions_due_expire_min ON sessions (due_expire_min)
 CREATE INDEX IF NOT EXISTS sessions_due_purge_min ON sessions (due_purge_min)
     WHERE due_purge_min IS NOT NULL;
 CREATE TABLE IF NOT EXISTS messages (
-    session_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    tokens INTEGER NOT NULL DEFAULT 0,
-    blob BLOB NOT NULL,
-    PRIMARY KEY (session_id, seq)
+    id INTEGER PRIMARY KEY,
+    body TEXT,
+    blob BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS summaries (
     session_id TEXT NOT NULL,
@@ -197,8 +203,38 @@ _MIGRATE_1_TO_2 = [
     "DROP INDEX IF EXISTS sessions_due_purge",
 ]
 
-# Keyword search: the text of each message, rowid = messages.rowid.
-_FTS_SCHEMA = "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(body)"
+# 2 -> 3: sessions get a stable integer key (`sid`), messages are keyed by sid << 32 | seq and
+# the keyword index reads its text from messages.body. Old message blobs (JSON) stay readable.
+_SESSION_COLUMNS = (
+    "id, key, current, status, platform, scope, flow, step, created_at, last_activity, "
+    "expires_at, warn_at, purge_at, close_reason, messages, tokens, labels, version, blob, "
+    "due_warn, due_expire, due_purge, activity_min, due_warn_min, due_expire_min, due_purge_min"
+)
+_MIGRATE_2_TO_3 = [
+    "ALTER TABLE sessions RENAME TO sessions_v2",
+    "ALTER TABLE messages RENAME TO messages_v2",
+    "DROP INDEX IF EXISTS sessions_current",
+    "DROP INDEX IF EXISTS sessions_activity_min",
+    "DROP INDEX IF EXISTS sessions_due_warn_min",
+    "DROP INDEX IF EXISTS sessions_due_expire_min",
+    "DROP INDEX IF EXISTS sessions_due_purge_min",
+    # _SCHEMA (run next) creates the new tables; `_migrate_2_to_3` copies the rows.
+]
+
+# Keyword search over messages.body (external content: the index keeps no copy of the text);
+# rowid = messages.id. A message's body is set exactly when it is in the index. The index
+# records which messages hold a token, not where (detail=none) nor how many tokens each has
+# (columnsize=0): a fifth of the size of a full one. A query word is a set of prefix tokens;
+# where a word has several (e-mail, gpt-4o), the message must also contain the word itself.
+_FTS_SCHEMA = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING "
+    "fts5(body, content='messages', content_rowid='id', detail=none, columnsize=0)"
+)
+_FTS_TOKEN = re.compile(r"[^\W_]+")  # what the unicode61 tokenizer keeps (letters, digits)
+
+SEQ_BITS = 32
+SEQ_MASK = (1 << SEQ_BITS) - 1
+_SID = "(SELECT sid FROM sessions WHERE id = ?1)"
 
 _encode_json = msgspec.json.encode
 
@@ -516,6 +552,7 @@ class SQLiteStore(Store):
         self.clock = clock or SYSTEM_CLOCK
         self._want_fts = fts
         self._fts = False  # decided at open: FTS5 available and history not encrypted
+        self._fts_table = False  # the file has a keyword index (messages leave it on delete)
         self._worker: _Worker | None = None
         self._opening: asyncio.Future[None] | None = None
         # The event loop's own connection (see "Where the work runs" in the module docstring).
@@ -743,17 +780,25 @@ class SQLiteStore(Store):
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if "chatstate_meta" in self._tables(conn):
+            tables = self._tables(conn)
+            version = None
+            old_fts = False
+            if "chatstate_meta" in tables:
                 (version,) = conn.execute(
                     "SELECT value FROM chatstate_meta WHERE name = 'schema_version'"
                 ).fetchone()
+                if version < SCHEMA_VERSION:
+                    log.info("migrating SQLite database %r from schema version %s to %s",
+                             self.path, version, SCHEMA_VERSION)
                 if version == 1:
-                    log.info("migrating SQLite database %r to schema version 2", self.path)
                     for statement in _MIGRATE_1_TO_2:
                         conn.execute(statement)
-                    conn.execute(
-                        "UPDATE chatstate_meta SET value = 2 WHERE name = 'schema_version'"
-                    )
+                if version in (1, 2):
+                    for statement in _MIGRATE_2_TO_3:
+                        conn.execute(statement)
+                    old_fts = "messages_fts" in tables
+                    if old_fts:
+                        conn.execute("ALTER TABLE messages_fts RENAME TO messages_fts_v2")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -762,23 +807,30 @@ class SQLiteStore(Store):
                 "('app', ?), ('schema_version', ?)",
                 (APP_ID, SCHEMA_VERSION),
             )
+            fts = False
             if self._want_fts:
                 try:
                     conn.execute(_FTS_SCHEMA)
+                    fts = True
                 except sqlite3.OperationalError as exc:  # SQLite built without FTS5
                     log.info("keyword search falls back to a scan: %s", exc)
+            if version in (1, 2):
+                _migrate_2_to_3(conn, old_fts=old_fts, fts=fts)
+                conn.execute(
+                    "UPDATE chatstate_meta SET value = ? WHERE name = 'schema_version'",
+                    (SCHEMA_VERSION,),
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
 
     def _fts_enabled(self, conn: sqlite3.Connection) -> bool:
-        # Encrypted history must not leak into a plain-text index.
-        return (
-            self._want_fts
-            and self.codec.encryptor is None
-            and "messages_fts" in self._tables(conn)
-        )
+        # Messages leave the index whenever the file has one (whoever indexed them); new ones
+        # join it unless this store does not want it. Encrypted history must not leak into a
+        # plain-text index.
+        self._fts_table = "messages_fts" in self._tables(conn)
+        return self._want_fts and self.codec.encryptor is None and self._fts_table
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
         worker = self._worker
@@ -945,7 +997,7 @@ class SQLiteStore(Store):
         key, rid, version = record.key, record.id, record.version
         changes = self._history_rows(rid, history) if history else None
         clock = self.clock
-        fts = self._fts
+        fts, fts_table = self._fts and self.codec.encryptor is None, self._fts_table
         fast = expected > 0 and version == expected + 1
         # Auto mode: an update that took no lease (it began alone) yields to a lease holder.
         lock_fd = self._lock_fd if lease is None and self._share is None else None
@@ -990,23 +1042,60 @@ class SQLiteStore(Store):
             if lease is not None and release:
                 conn.execute(_RELEASE_LEASE, (lease.key, lease.token))
             if changes is not None:
-                _write_history(conn, fts, rid, changes)
+                _write_history(conn, fts, fts_table, rid, changes)
 
         if changes is not None:
             self._loop_commits += len(changes.messages)  # log pages: see CHECKPOINT_FRAMES
         await self._write(job)
 
     def _history_rows(self, rid: str, history: HistoryChanges) -> _HistoryRows:
-        encode_message, encode_summary = self.codec.encode_message, self.codec.encode_summary
+        pack, encode_summary = self.codec.pack_message, self.codec.encode_summary
+        replace = msgspec.structs.replace
+        # Encrypted history (an encryptor may be set after open) never goes into the index.
+        fts = self._fts and self.codec.encryptor is None
+        messages: builtins.list[tuple[int, str | None, bytes]] = []
+        for m in history.append:
+            seq = m.seq
+            if not 0 <= seq <= SEQ_MASK:
+                raise InvalidDataError(f"message sequence number {seq} is out of range")
+            # The seq is the row's key; with keyword search on, the text is the row's body
+            # (the index reads it there) and stays out of the packed form.
+            if not fts:
+                messages.append((seq, None, pack(replace(m, seq=0))))
+            elif isinstance(m.content, str):
+                messages.append((seq, m.content, pack(replace(m, seq=0, content=""))))
+            else:
+                messages.append((seq, m.text, pack(replace(m, seq=0))))
         return _HistoryRows(
-            messages=[(rid, m.seq, m.tokens, encode_message(m)) for m in history.append],
-            texts=[(rid, m.seq, m.text) for m in history.append] if self._fts else [],
+            messages=messages,
             summaries=[
                 (rid, s.end_seq, s.start_seq, encode_summary(s)) for s in history.summaries
             ],
             drop_through=history.drop_messages_through,
             drop_summaries=bool(history.drop_summaries),
         )
+
+    def _messages(self, rows: Sequence[tuple[int, str | None, bytes]]) -> builtins.list[Message]:
+        """Messages of `(id, body, blob)` rows, in their order."""
+        decode = self.codec.decode_message
+        out = []
+        for mid, body, blob in rows:
+            message = decode(blob)
+            if body is not None and isinstance(message.content, str):
+                message.content = body
+            message.seq = mid & SEQ_MASK
+            out.append(message)
+        return out
+
+    async def _read_messages(
+        self, sql: str, params: tuple[Any, ...], *, small: bool
+    ) -> builtins.list[tuple[int, str | None, bytes]]:
+        """Rows of a history read: on the loop's connection when it is `small` (a few hundred
+        rows at most: no thread hop), otherwise (or when it cannot) in the worker."""
+        rows = self._read_now(sql, params) if small else None
+        if rows is None:
+            rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
+        return rows
 
     def _row(self, record: SessionRecord) -> tuple[Any, ...]:
         """The sessions row of `record` in `_UPSERT_SESSION` order (the due columns follow
@@ -1030,7 +1119,7 @@ class SQLiteStore(Store):
         )
 
     async def delete(self, key: str, session_id: str | None = None) -> bool:
-        fts = self._fts
+        fts = self._fts_table
 
         def job(conn: sqlite3.Connection) -> bool:
             if session_id is None:
@@ -1050,7 +1139,7 @@ class SQLiteStore(Store):
 
     async def quarantine(self, key: str, raw: bytes, reason: str) -> None:
         now = self.clock.now()
-        fts = self._fts
+        fts = self._fts_table
 
         def job(conn: sqlite3.Connection) -> bool:
             conn.execute(
@@ -1204,42 +1293,29 @@ class SQLiteStore(Store):
     ) -> builtins.list[Message]:
         if limit <= 0:
             return []
-
-        def job(conn: sqlite3.Connection) -> builtins.list[bytes]:
-            if before_seq is None:
-                rows = conn.execute(
-                    "SELECT blob FROM messages WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
-                    (ref.id, limit),
-                )
-            else:
-                rows = conn.execute(
-                    "SELECT blob FROM messages WHERE session_id = ? AND seq < ? "
-                    "ORDER BY seq DESC LIMIT ?",
-                    (ref.id, before_seq, limit),
-                )
-            return [bytes(b) for (b,) in rows]
-
-        raws = await self._run(job)
-        return [self.codec.decode_message(raw) for raw in reversed(raws)]
+        top = SEQ_MASK if before_seq is None else min(before_seq - 1, SEQ_MASK)
+        if top < 0:
+            return []
+        rows = await self._read_messages(
+            _READ_TAIL, (ref.id, top, limit), small=limit <= LOOP_READ_ROWS
+        )
+        rows.reverse()
+        return self._messages(rows)
 
     async def read_range(
         self, ref: SessionRef, start_seq: int, end_seq: int
     ) -> builtins.list[Message]:
-        def job(conn: sqlite3.Connection) -> builtins.list[bytes]:
-            rows = conn.execute(
-                "SELECT blob FROM messages WHERE session_id = ? AND seq BETWEEN ? AND ? "
-                "ORDER BY seq",
-                (ref.id, start_seq, end_seq),
-            )
-            return [bytes(b) for (b,) in rows]
-
-        return [self.codec.decode_message(raw) for raw in await self._run(job)]
+        low, high = max(start_seq, 0), min(end_seq, SEQ_MASK)
+        if low > high:
+            return []
+        rows = await self._read_messages(
+            _READ_RANGE, (ref.id, low, high), small=high - low < LOOP_READ_ROWS
+        )
+        return self._messages(rows)
 
     async def count_messages(self, ref: SessionRef) -> int:
         def job(conn: sqlite3.Connection) -> int:
-            (n,) = conn.execute(
-                "SELECT COUNT(*) FROM messages WHERE session_id = ?", (ref.id,)
-            ).fetchone()
+            (n,) = conn.execute(_COUNT_MESSAGES, (ref.id,)).fetchone()
             return int(n)
 
         return await self._run(job)
@@ -1250,20 +1326,28 @@ class SQLiteStore(Store):
         """Messages containing every word of `query` (whole words or word prefixes, any case),
         newest first, through the FTS5 index when this file has one."""
         words = [w for w in query.split() if w]
-        if not self._fts or not words:
+        if not self._fts or self.codec.encryptor is not None or not words:
             return await super().search_messages(ref, query, limit)
-        # Each word becomes a quoted prefix term, so user text can never be FTS syntax.
-        match = " AND ".join('"' + w.replace('"', '""') + '"*' for w in words)
+        # Each token becomes a quoted prefix term, so user text can never be FTS syntax; a
+        # word of several tokens (or none) must also appear as it is (case-insensitive).
+        terms: builtins.list[str] = []
+        whole: builtins.list[str] = []
+        for word in words:
+            tokens = _FTS_TOKEN.findall(word)
+            terms += ['"' + t + '"*' for t in tokens]
+            if len(tokens) != 1:
+                whole.append(word.lower())
+        if not terms:
+            return await super().search_messages(ref, query, limit)
+        sql = _SEARCH.format(
+            "".join(f" AND instr(lower(m.body), ?{4 + i}) > 0" for i in range(len(whole)))
+        )
+        params = (ref.id, " AND ".join(terms), limit, *whole)
 
-        def job(conn: sqlite3.Connection) -> builtins.list[bytes]:
-            rows = conn.execute(
-                "SELECT m.blob FROM messages_fts f JOIN messages m ON m.rowid = f.rowid "
-                "WHERE messages_fts MATCH ? AND m.session_id = ? ORDER BY m.seq DESC LIMIT ?",
-                (match, ref.id, limit),
-            )
-            return [bytes(b) for (b,) in rows]
+        def job(conn: sqlite3.Connection) -> builtins.list[tuple[int, str | None, bytes]]:
+            return conn.execute(sql, params).fetchall()
 
-        return [self.codec.decode_message(raw) for raw in await self._run(job)]
+        return self._messages(await self._run(job))
 
     async def list_summaries(self, ref: SessionRef) -> builtins.list[Summary]:
         def job(conn: sqlite3.Connection) -> builtins.list[bytes]:
@@ -1399,13 +1483,32 @@ ON CONFLICT (id) DO UPDATE SET
 _LOAD = "SELECT blob FROM sessions WHERE key = ? AND current = 1"
 _LOAD_BY_ID = "SELECT key, blob FROM sessions WHERE id = ?"
 
-_UPSERT_MESSAGE = (
-    "INSERT INTO messages (session_id, seq, tokens, blob) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (session_id, seq) DO UPDATE SET tokens = excluded.tokens, blob = excluded.blob"
+LOOP_READ_ROWS = 512  # history reads up to this many rows run on the loop's connection
+
+# History of one session: ids from sid << 32 (seq 0) to sid << 32 | SEQ_MASK. ?1 = session id.
+_LOW = f"{_SID} * {1 << SEQ_BITS}"
+_READ_TAIL = (
+    f"SELECT id, body, blob FROM messages WHERE id BETWEEN {_LOW} AND {_LOW} + ?2 "
+    "ORDER BY id DESC LIMIT ?3"
 )
-_INDEX_MESSAGE = (
-    "INSERT OR REPLACE INTO messages_fts (rowid, body) "
-    "SELECT rowid, ?3 FROM messages WHERE session_id = ?1 AND seq = ?2"
+_READ_RANGE = (
+    f"SELECT id, body, blob FROM messages WHERE id BETWEEN {_LOW} + ?2 AND {_LOW} + ?3 "
+    "ORDER BY id"
+)
+_COUNT_MESSAGES = (
+    f"SELECT COUNT(*) FROM messages WHERE id BETWEEN {_LOW} AND {_LOW} + {SEQ_MASK}"
+)
+_SEARCH = (  # {} : the conditions on words of several tokens
+    "SELECT m.id, m.body, m.blob FROM messages_fts f JOIN messages m ON m.id = f.rowid "
+    f"WHERE messages_fts MATCH ?2 AND f.rowid BETWEEN {_LOW} AND {_LOW} + {SEQ_MASK}{{}} "
+    "ORDER BY f.rowid DESC LIMIT ?3"
+)
+_INSERT_MESSAGE = "INSERT OR REPLACE INTO messages (id, body, blob) VALUES (?, ?, ?)"
+_INDEX_MESSAGE = "INSERT INTO messages_fts (rowid, body) VALUES (?, ?)"
+# A message leaves the keyword index with the text it was indexed with (external content).
+_UNINDEX = (
+    "INSERT INTO messages_fts (messages_fts, rowid, body) "
+    "SELECT 'delete', id, body FROM messages WHERE id BETWEEN ? AND ? AND body IS NOT NULL"
 )
 _UPSERT_SUMMARY = (
     "INSERT OR REPLACE INTO summaries (session_id, end_seq, start_seq, blob) VALUES (?, ?, ?, ?)"
@@ -1465,41 +1568,79 @@ _LEASE_HELD = (
 class _HistoryRows(NamedTuple):
     """History changes of one commit, encoded by the caller."""
 
-    messages: builtins.list[tuple[str, int, int, bytes]]
-    texts: builtins.list[tuple[str, int, str]]  # for the keyword index (empty without FTS)
+    messages: builtins.list[tuple[int, str | None, bytes]]  # (seq, body, packed)
     summaries: builtins.list[tuple[str, int, int, bytes]]
     drop_through: int | None
     drop_summaries: bool
 
 
-def _write_history(conn: sqlite3.Connection, fts: bool, rid: str, rows: _HistoryRows) -> None:
+def _write_history(
+    conn: sqlite3.Connection, fts: bool, fts_table: bool, rid: str, rows: _HistoryRows
+) -> None:
+    """`fts`: index the new messages; `fts_table`: the file has an index (replaced and
+    dropped messages leave it)."""
     if rows.drop_summaries:
         conn.execute("DELETE FROM summaries WHERE session_id = ?", (rid,))
-    if rows.drop_through is not None:
-        _delete_messages(conn, fts, "session_id = ? AND seq <= ?", (rid, rows.drop_through))
-    if rows.messages:
-        conn.executemany(_UPSERT_MESSAGE, rows.messages)
-        if rows.texts:
-            conn.executemany(_INDEX_MESSAGE, rows.texts)
+    if rows.drop_through is not None or rows.messages:
+        (sid,) = conn.execute("SELECT sid FROM sessions WHERE id = ?", (rid,)).fetchone()
+        base = sid << SEQ_BITS
+        if rows.drop_through is not None and rows.drop_through >= 0:
+            _delete_messages(conn, fts_table, base, base + min(rows.drop_through, SEQ_MASK))
+        if rows.messages:
+            ids = [(base | seq, body, blob) for seq, body, blob in rows.messages]
+            if fts_table and conn.execute(
+                "SELECT 1 FROM messages WHERE id BETWEEN ? AND ? LIMIT 1",
+                (min(i[0] for i in ids), max(i[0] for i in ids)),
+            ).fetchall():
+                # Some of these replace stored messages: those leave the index first.
+                conn.executemany(_UNINDEX, [(i[0], i[0]) for i in ids])
+            conn.executemany(_INSERT_MESSAGE, ids)
+            if fts:
+                conn.executemany(
+                    _INDEX_MESSAGE, [(i, body) for i, body, _ in ids if body is not None]
+                )
     if rows.summaries:
         conn.executemany(_UPSERT_SUMMARY, rows.summaries)
 
 
-def _delete_messages(
-    conn: sqlite3.Connection, fts: bool, where: str, params: tuple[Any, ...]
-) -> None:
-    if fts:
-        conn.execute(
-            f"DELETE FROM messages_fts WHERE rowid IN (SELECT rowid FROM messages WHERE {where})",
-            params,
-        )
-    conn.execute(f"DELETE FROM messages WHERE {where}", params)
+def _delete_messages(conn: sqlite3.Connection, fts_table: bool, low: int, high: int) -> None:
+    if fts_table:
+        conn.execute(_UNINDEX, (low, high))
+    conn.execute("DELETE FROM messages WHERE id BETWEEN ? AND ?", (low, high))
 
 
-def _delete_session(conn: sqlite3.Connection, fts: bool, session_id: str) -> None:
-    _delete_messages(conn, fts, "session_id = ?", (session_id,))
+def _delete_session(conn: sqlite3.Connection, fts_table: bool, session_id: str) -> None:
+    row = conn.execute("SELECT sid FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    if row is not None:
+        base = row[0] << SEQ_BITS
+        _delete_messages(conn, fts_table, base, base | SEQ_MASK)
     conn.execute("DELETE FROM summaries WHERE session_id = ?", (session_id,))
     conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+
+def _migrate_2_to_3(conn: sqlite3.Connection, *, old_fts: bool, fts: bool) -> None:
+    """Copy schema 2's sessions and messages into schema 3's tables (created already), the
+    indexed text into `body` and the new index, then drop the old tables."""
+    conn.execute(
+        f"INSERT INTO sessions (sid, {_SESSION_COLUMNS}) "
+        f"SELECT rowid, {_SESSION_COLUMNS} FROM sessions_v2 ORDER BY rowid"
+    )
+    body = "f.body" if old_fts and fts else "NULL"
+    join = " LEFT JOIN messages_fts_v2 f ON f.rowid = m.rowid" if old_fts and fts else ""
+    conn.execute(
+        f"INSERT INTO messages (id, body, blob) SELECT (s.sid << {SEQ_BITS}) | m.seq, {body}, "
+        f"m.blob FROM messages_v2 m JOIN sessions s ON s.id = m.session_id{join} "
+        f"WHERE m.seq BETWEEN 0 AND {SEQ_MASK}"
+    )
+    if fts:
+        conn.execute(
+            "INSERT INTO messages_fts (rowid, body) SELECT id, body FROM messages "
+            "WHERE body IS NOT NULL"
+        )
+    if old_fts:
+        conn.execute("DROP TABLE messages_fts_v2")
+    conn.execute("DROP TABLE messages_v2")
+    conn.execute("DROP TABLE sessions_v2")
 
 
 def _where(f: SessionFilter | None) -> tuple[builtins.list[str], builtins.list[Any]]:
