@@ -46,6 +46,7 @@ import builtins
 import logging
 import re
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -182,6 +183,26 @@ def _json_array(items: Sequence[bytes]) -> bytes:
 _COMMIT_ARGS = 34  # parameters of commit_session (postgres_schema, version 10)
 _ROW_ENCODER = msgspec.msgpack.Encoder()
 _ROW_DECODER = msgspec.msgpack.Decoder(list[int | bytes])
+# A history body may be stored deflated with this preset dictionary (postgres_schema, version
+# 10: a body starting with a zero byte): the field names and values that recur in packed
+# messages (roles, usage and tool-call keys), which a body of a few hundred bytes cannot
+# compress on its own (measured on the agent workload: 162 -> 131 bytes without it, 60 with).
+# Part of the stored format: never change it (the checksum below guards it).
+_BODY_ZDICT_CRC = 0x7f34ed3b
+_BODY_ZDICT = msgspec.msgpack.encode([
+    {"type": "image_url", "image_url": {"url": "https://"}},
+    {"id": "call_", "type": "function", "function": {"name": "", "arguments": "{\"query\": \"\"}"}},
+    {"type": "text", "text": ""},
+    ["system", "", 1, None, None, None, "1", {}, 1700000000.0, 1],
+    ["tool", "", 1, "", "call_", None, "1", {}, 1700000000.0, 10],
+    {"model": "gpt-4o-mini", "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 1,
+     "cached_tokens": 0, "reasoning_tokens": 0},
+    ["assistant", "", 2, None, None, None, "1", {}, 1700000000.0, 20,
+     {"model": "gpt-4o", "input_tokens": 100, "output_tokens": 10,
+      "estimated_input_tokens": 100}],
+    ["user", "", 1, None, None, None, "1", {}, 1700000000.0, 10],
+])
+assert zlib.crc32(_BODY_ZDICT) == _BODY_ZDICT_CRC, "the history body dictionary must never change"
 
 
 def _matches(text: str, words: Sequence[str]) -> bool:
@@ -736,15 +757,23 @@ class PostgresStore(Store):
                     texts.append(text)
             seqs.append(max(m.seq for m in chunk))
             ns.append(len(chunk))
-            bodies.append(_ROW_ENCODER.encode(items))
+            body = _ROW_ENCODER.encode(items)
+            deflate = zlib.compressobj(6, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY,
+                                       _BODY_ZDICT)
+            packed = b"\x00" + deflate.compress(body) + deflate.flush()
+            bodies.append(packed if len(packed) < len(body) else body)
             txts.append("".join(t + "\n" for t in texts))
         return seqs, ns, bodies, txts
 
     def _row_messages(self, body: bytes, txt: str) -> _Messages:
         """The messages of one history row, in the order they were appended."""
         decode = self.codec.decode_message
-        if body[:1] == b"{":  # a message written before version 10: its JSON form
+        first = body[:1]
+        if first == b"{":  # a message written before version 10: its JSON form
             return [decode(body)]
+        if first == b"\x00":  # deflated with the preset dictionary
+            inflate = zlib.decompressobj(-15, _BODY_ZDICT)
+            body = inflate.decompress(memoryview(body)[1:]) + inflate.flush()
         items = _ROW_DECODER.decode(body)
         out: _Messages = []
         pos = 0
