@@ -19,7 +19,7 @@ from backends import IN_CI, require_service, service_up
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
-    "memory": {"chatstate MemoryStore", "aiogram MemoryStorage"},
+    "memory": {"chatstate MemoryStore", "aiogram MemoryStorage", "floor: decode+encode only"},
     "sqlite": {"chatstate SQLiteStore", "sqlite3 SELECT+UPSERT"},
     "bytes": {"chatstate MemoryStore", "aiogram MemoryStorage", "dict of dicts"},
     "claim": {"chatstate memory claim_due", "chatstate sqlite claim_due"},
