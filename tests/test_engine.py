@@ -355,3 +355,51 @@ async def test_store_events_reach_the_managers_hooks(clock: FakeClock) -> None:
             pass
     await asyncio.sleep(0)  # async hooks of a synchronous store event are scheduled
     assert ev.SESSION_EVICTED in [e.name for e in seen]
+
+
+async def test_on_commit_runs_only_after_a_successful_commit(
+    manager: SessionManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = SessionKey.user("cli", 77)
+    seen: list[Any] = []
+
+    async def stored_name() -> Any:
+        record = await manager.get(key)
+        return None if record is None else record.data.get("name")
+
+    async with manager.session(key) as s:
+        s.data["name"] = "Ada"
+        s.on_commit(lambda: seen.append("committed"))
+        assert seen == []  # not before the commit
+    assert seen == ["committed"] and await stored_name() == "Ada"
+
+    with pytest.raises(RuntimeError):
+        async with manager.session(key) as s:
+            s.data["name"] = "Bob"
+            s.on_commit(lambda: seen.append("failed handler"))
+            raise RuntimeError("boom")
+    assert seen == ["committed"] and await stored_name() == "Ada"
+
+    with pytest.raises(ConflictError):
+        async with manager.session(key) as s:
+            s.on_commit(lambda: seen.append("refused commit"))
+            s.data["name"] = "Cy"
+            stale = await manager.store.load(str(key))
+            assert stale is not None
+            stale.version += 1
+            await manager.store.commit(stale, expected=stale.version - 1)  # a rival commit
+    assert seen == ["committed"]
+
+    async with manager.session(key, message=False) as s:  # nothing changes: no write
+        s.on_commit(lambda: seen.append("no-op"))
+
+    def broken() -> None:
+        raise ValueError("callback bug")
+
+    async with manager.session(key) as s:
+        s.data["name"] = "Di"
+        s.on_commit(broken)
+        s.on_commit(lambda: seen.append("after the broken one"))
+    assert seen == ["committed", "no-op", "after the broken one"]
+    assert await stored_name() == "Di"  # the commit stands
+    assert "on_commit callback" in caplog.text

@@ -422,6 +422,8 @@ class _SessionContext:
             if not session.created and self.snapshot is not None:
                 if m.store.codec.encode(record) == self.snapshot:
                     await self._release_quietly()  # nothing changed: no write at all
+                    if session._after_commit:
+                        _run_after_commit(session)
                     return
         record.version = self.expected + 1
         lease = self.lease
@@ -430,6 +432,8 @@ class _SessionContext:
             history=history,
         )
         self.lease = None
+        if session._after_commit:
+            _run_after_commit(session)
         bus = m.events
         if (
             session.created or self.extended or record.status is not Status.ACTIVE
@@ -557,6 +561,15 @@ class _SessionContext:
                 await self.manager.store.release(lease)
             except Exception:
                 log.warning("could not release the lease of %s", self.ks, exc_info=True)
+
+
+def _run_after_commit(session: Session) -> None:
+    callbacks, session._after_commit = session._after_commit or [], None
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("an on_commit callback of session %s failed", session.key)
 
 
 def _defaults_factory(defaults: Defaults) -> Callable[[], dict[str, Any]]:

@@ -7,7 +7,7 @@ returns, and throws it all away when the handler raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .model import (
@@ -32,7 +32,9 @@ RESERVED_DATA_PREFIXES = ("_chatstate", "_lifecycle")
 
 
 class Session:
-    __slots__ = ("_key", "_reset_keep", "created", "history", "manager", "record", "temp")
+    __slots__ = (
+        "_after_commit", "_key", "_reset_keep", "created", "history", "manager", "record", "temp",
+    )
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class Session:
         self.created = created  # True when this update created the session
         self.temp: dict[str, Any] = {}  # scratch for this update only; never persisted
         self.history = HistoryChanges()
+        self._after_commit: list[Callable[[], object]] | None = None
 
     # -- identity and status ----------------------------------------------------------------
 
@@ -127,6 +130,15 @@ class Session:
     @property
     def expires_at(self) -> float | None:
         return self.record.expires_at
+
+    def on_commit(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` once this update's commit has succeeded (never if the handler
+        fails or the commit is refused), like Django's `transaction.on_commit`: the place
+        for side effects that must only follow state that was really stored. An exception
+        in a callback is logged; the commit stands."""
+        if self._after_commit is None:
+            self._after_commit = []
+        self._after_commit.append(callback)
 
     # -- history ----------------------------------------------------------------------------
 

@@ -8,11 +8,12 @@
         await memory.add(s, "assistant", reply.text, usage=reply.usage, model="gpt-4o")
 
 Messages are staged on the open `Session` and committed atomically with the record by the
-engine; reads go to the store (tail and range reads only), except that a context starts from the
-messages the previous one read, kept decoded in a small cache (`tail_cache`). Rolling summaries run after the update
-that crossed the threshold, in the background, taking the session's lock only for the two short
-steps that plan and commit them (never while the summariser runs), and at most one at a time per
-session, also across processes.
+engine; reads go to the store (tail and range reads only), except that a context starts from
+the messages the previous one read and those this process committed since, kept decoded in a
+small cache (`tail_cache`). Rolling summaries run after the update that crossed the threshold,
+in the background, taking the session's lock only for the two short steps that plan and commit
+them (never while the summariser runs), and at most one at a time per session, also across
+processes.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ MEMORY_SUMMARY_FAILED = "memory.summary_failed"
 MEMORY_ARCHIVED = "memory.archived"
 
 _CONTEXT_TOKENS = "_chatstate_context_tokens"  # Session.temp: estimate of the last context
+_TAIL_HOOK = "_chatstate_tail_hook"  # Session.temp: the tail cache's on_commit is registered
 
 Target = Session | SessionRecord | SessionKey | str
 Archive = Callable[[SessionRecord, list[Message]], Awaitable[None]]
@@ -187,6 +189,9 @@ class Memory:
             if message.tokens <= 0:
                 message.tokens = self.counter.content_tokens(message)
             session.append(message)
+            if self._tails.max_sessions > 0 and _TAIL_HOOK not in session.temp:
+                session.temp[_TAIL_HOOK] = True
+                session.on_commit(lambda: self._remember_committed(session))
             if message.turn_id is None:
                 if message.role == "user" or state.turn is None:
                     state.turn = str(message.seq)
@@ -401,6 +406,23 @@ class Memory:
             if used and len(known) > used:
                 keep = known[-used:]
                 tails.put(record.id, keep, keep[0].seq)
+
+    def _remember_committed(self, session: Session) -> None:
+        """After a commit: this update's messages join the cached tail (when they continue
+        it), so the next context needs no read for them."""
+        record = session.record
+        committed = session.history.append
+        if not committed:
+            return
+        entry = self._tails.get(record.id)
+        if entry is None or entry.high != committed[0].seq - 1:
+            return  # nothing cached, or not contiguous: the next context reads the store
+        dropped = record.counters.dropped_through
+        messages = [m for m in (*entry.messages, *committed) if m.seq > dropped]
+        if messages:
+            self._tails.put(record.id, messages, max(entry.low, dropped + 1))
+        else:
+            self._tails.discard(record.id)
 
     async def _fresh_tail(
         self, record: SessionRecord, stored_top: int
