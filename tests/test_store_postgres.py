@@ -27,6 +27,7 @@ from chatstate.errors import (
 from chatstate.model import HistoryChanges, Message, SessionRecord, new_record
 from chatstate.stores import open_store
 from chatstate.stores import postgres_schema as schema_sql
+from chatstate.stores.base import SessionFilter
 from chatstate.stores.postgres import PostgresStore, upgrade
 
 pytestmark = pytest.mark.postgres
@@ -366,6 +367,9 @@ async def test_a_version_9_history_is_upgraded_to_rows_per_commit(
     try:
         ref = record.ref
         assert await store.read_tail(ref, 10) == history.append
+        # The minute buckets became plain columns (version 12) with their values kept.
+        assert [r.key for r in (await store.list(SessionFilter(updated_since=999.0))).items] == [
+            record.key]
         record.version = 2
         newer = [Message(role="user", content=f"new message {i}", seq=i) for i in range(4, 9)]
         await store.commit(record, expected=1, history=HistoryChanges(append=newer))
@@ -804,6 +808,24 @@ async def test_the_pool_replaces_broken_connections_and_hands_over_on_timeout() 
     with pytest.raises(asyncio.CancelledError):
         await slow
     assert pool.idle == 1 and pool.try_acquire() is conn
+
+
+async def test_pool_waits_are_bounded_by_their_own_deadlines() -> None:
+    """One timer serves every waiter: each times out after its own wait, in any order of
+    arrival, and the waiters still queued are served afterwards."""
+    pool, _ = fake_pool(max_size=1)
+    conn = await pool.acquire(1.0)
+    long = asyncio.ensure_future(pool.acquire(5.0))
+    short = asyncio.ensure_future(pool.acquire(0.05))  # arrives later, expires first
+    shorter = asyncio.ensure_future(pool.acquire(0.02))
+    async with asyncio.timeout(4.0):  # long before the first waiter's 5 s
+        with pytest.raises(TimeoutError):
+            await shorter
+        with pytest.raises(TimeoutError):
+            await short
+    assert not long.done()
+    pool.release(conn)
+    assert await long is conn
 
 
 async def test_a_closed_pool_fails_waiters_and_terminates_returned_connections() -> None:
