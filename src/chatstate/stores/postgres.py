@@ -229,8 +229,8 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 def _bucket(param: int) -> str:
-    """SQL for the minute bucket of time parameter `$param`, as the generated columns compute
-    it (postgres_schema, version 6)."""
+    """SQL for the minute bucket of time parameter `$param`, as the writers compute it
+    (postgres_schema, versions 6 and 12)."""
     return f"floor(${param}::float8 / {schema_sql.TIME_BUCKET_SECONDS})::bigint"
 
 
@@ -505,7 +505,8 @@ class PostgresStore(Store):
                 f"WITH due AS (SELECT id, {column} AS at FROM {q}.sessions "
                 f"WHERE {bucket} <= {_bucket(1)} AND {column} <= $1 "
                 f"ORDER BY {bucket}, {column} LIMIT $2 FOR UPDATE SKIP LOCKED) "
-                f"UPDATE {q}.sessions AS s SET {column} = $1 + $3 FROM due "
+                f"UPDATE {q}.sessions AS s SET {column} = $1 + $3, "
+                f"{bucket} = floor(($1 + $3) / {schema_sql.TIME_BUCKET_SECONDS})::bigint FROM due "
                 "WHERE s.id = due.id RETURNING s.key, s.id, due.at"
             )
         return sql
@@ -879,8 +880,9 @@ class PostgresStore(Store):
         query = (
             f"WITH u AS (UPDATE {self._q}.sessions SET record = $2 WHERE key = $1 AND is_current "
             f"RETURNING id) INSERT INTO {self._q}.sessions (id, key, is_current, status, "
-            "platform, scope, created_at, last_activity, version, record) "
-            "SELECT $3, $1, true, 'active', $4, $5, 0, 0, 1, $2 WHERE NOT EXISTS (SELECT 1 FROM u)"
+            "platform, scope, created_at, last_activity, activity_bucket, version, record) "
+            "SELECT $3, $1, true, 'active', $4, $5, 0, 0, 0, 1, $2 "
+            "WHERE NOT EXISTS (SELECT 1 FROM u)"
         )
         try:
             await self._write(
