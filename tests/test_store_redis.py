@@ -31,6 +31,7 @@ from chatstate.errors import (
 from chatstate.model import HistoryChanges, Message, SessionRecord, Status, Summary, new_record
 from chatstate.stores import open_store
 from chatstate.stores.redis import RedisStore
+from chatstate.stores.redis_scripts import LAYOUT_VERSION
 from redis_servers import RedisServer, free_port, redis_server, require_redis_binaries
 
 pytestmark = pytest.mark.redis
@@ -139,11 +140,12 @@ async def test_server_sees_two_script_calls_per_update(own_server: RedisServer) 
     assert calls["evalsha"] == 10
     assert "eval" not in calls and "script|load" not in calls and "get" not in calls
     # Inside the scripts, per update: one read and one write of the pointer for the lease and
-    # again for the commit; the listing entry and the expiry entry move, the message and
-    # duration sums change, the history gets its message. Nothing else: no index entry whose
-    # value did not change, no expiry call, no removal of a due time that was never set.
+    # again for the commit; the listing entry moves, the message and duration sums change, the
+    # history gets its message. Nothing else: no index entry whose value did not change, no
+    # due entry for a deadline that moved later (the lazy due index), no expiry call, no
+    # removal of a due time that was never set.
     assert {name: count / 5 for name, count in calls.items() if name != "evalsha"} == {
-        "hmget": 2, "hset": 2, "zadd": 3, "hincrby": 2,
+        "hmget": 2, "hset": 2, "zadd": 2, "hincrby": 2,
     }
 
 
@@ -166,6 +168,70 @@ async def test_a_claimed_entry_is_put_back_by_a_commit_that_keeps_its_time(
     await machine_store.commit(record, expected=1)
     again = await machine_store.claim_due("expire", clock.now() + 10, 10)
     assert [(i.session_id, i.due_at) for i in again] == [(record.id, clock.now() + 10)]
+
+
+async def _due_entries(store: RedisStore, kind: str) -> list[tuple[str, float]]:
+    name = store.layout.index(0, f"due:{kind}")
+    raw = await store._client.zrange(name, 0, -1, withscores=True)
+    return [(m.decode(), score) for m, score in raw]
+
+
+async def test_a_deadline_that_moves_later_writes_no_due_entry_and_claims_stay_exact(
+    machine_store: RedisStore,
+) -> None:
+    """The lazy due index: a later deadline leaves the entry where it was; a claim that reaches
+    the early entry moves it to the real time without handing the session out; an earlier
+    deadline moves the entry at once; a removed deadline drops the entry when reached."""
+    clock = FakeClock()
+    machine_store.clock = clock
+    t0 = clock.now()
+    record = new_record("web:user:lazy", now=t0)
+    record.version = 1
+    record.expires_at = t0 + 10
+    await machine_store.commit(record, expected=0)
+    member = f"{record.key} {record.id}"
+    assert await _due_entries(machine_store, "expire") == [(member, t0 + 10)]
+    for version in range(2, 5):  # each message slides the deadline later
+        record.version = version
+        record.expires_at = t0 + 10 * version
+        await machine_store.commit(record, expected=version - 1)
+    assert await _due_entries(machine_store, "expire") == [(member, t0 + 10)]  # not rewritten
+    # Reached at its early time: moved to the real deadline, nothing handed out.
+    assert await machine_store.claim_due("expire", t0 + 15, 10) == []
+    assert await _due_entries(machine_store, "expire") == [(member, t0 + 40)]
+    claimed = await machine_store.claim_due("expire", t0 + 40, 10, claim_seconds=30)
+    assert [(i.session_id, i.due_at) for i in claimed] == [(record.id, t0 + 40)]
+    # An earlier deadline puts the entry there at once.
+    record.version = 5
+    record.expires_at = t0 + 20
+    await machine_store.commit(record, expected=4)
+    assert await _due_entries(machine_store, "expire") == [(member, t0 + 20)]
+    # A removed deadline: the entry stays until a claim reaches it, which drops it.
+    record.version = 6
+    record.expires_at = None
+    await machine_store.commit(record, expected=5)
+    assert await machine_store.claim_due("expire", t0 + 100, 10) == []
+    assert await _due_entries(machine_store, "expire") == []
+    # And a deadline set again gets a new entry.
+    record.version = 7
+    record.expires_at = t0 + 200
+    await machine_store.commit(record, expected=6)
+    assert [i.session_id for i in await machine_store.claim_due("expire", t0 + 200, 10)] == [
+        record.id
+    ]
+
+
+async def test_a_claim_drops_entries_of_sessions_that_are_gone(machine_store: RedisStore) -> None:
+    clock = FakeClock()
+    machine_store.clock = clock
+    record = new_record("web:user:gone", now=clock.now())
+    record.version = 1
+    record.expires_at = clock.now() + 5
+    await machine_store.commit(record, expected=0)
+    base = machine_store.layout.base(record.key)
+    await machine_store._client.delete(f"{base}:r")  # as the GC backstop would
+    assert await machine_store.claim_due("expire", clock.now() + 5, 10) == []
+    assert await _due_entries(machine_store, "expire") == []
 
 
 async def test_a_replaced_session_keeps_its_row_expiry_and_indexes(
@@ -225,7 +291,7 @@ async def test_data_of_an_older_layout_is_refused_at_open() -> None:
         assert store._client is None
         await client.delete(f"{prefix}:agg")
         await store.open()  # an empty prefix is marked with the current layout
-        assert await client.get(f"{prefix}:layout") == b"2"
+        assert await client.get(f"{prefix}:layout") == LAYOUT_VERSION.encode()
         await store.close()
     finally:
         await client.delete(f"{prefix}:agg", f"{prefix}:layout")

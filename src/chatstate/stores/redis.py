@@ -13,29 +13,34 @@ Query options: ``prefix`` (or ``namespace``), ``max_connections`` (or ``pool_siz
 Cost of an update: `lease_and_load` is one script call and `commit(..., release=True)` is one
 script call, so a serialised update costs two round trips.
 
-Data layout, version 2 (P = prefix, B = the session base, K = canonical session key)::
+Data layout, version 3 (P = prefix, B = the session base, K = canonical session key)::
 
     B:r           hash  the key's lease: o (owner, '' = free), t (fencing token), e (expiry);
                         and its current session: id, and the row fields below
     B:s:<id>      hash  the row of a session that a newer one replaced at the key:
                         b (record), v, ag (aggregate contribution), nm, nk, nd (sums), st, fl,
                         sp (filter fields), gc, c (mark of the commit that wrote it), w, x, p
-                        (due times, '' = none), la (listing score): the values the indexes hold
-    B:h:<id>      zset  score seq -> message      history (a message carries its token count)
+                        (due times, '' = none), wi, xi, pi (where its due entries sit),
+                        la (listing score)
+    B:h:<id>      zset  score seq -> message      history (Codec.pack_message's form)
     B:m:<id>      zset  score end_seq -> summary
-    I:due:<kind>  zset  score due time -> "K id"  one per kind (warn, expire, purge)
+    I:due:<kind>  zset  score time -> "K id"      one per kind (warn, expire, purge); lazy:
+                        an entry sits at or before the session's due time (see below)
     I:recent      zset  score -last_activity -> "id K"  listing index, current and replaced:
                         its natural order is the listing order (newest first, then id)
     I:agg         hash  field -> count            totals by status/platform/reason/step/label
     I:ids         hash  id -> K                   finds replaced sessions by id
     I:q           list  quarantined records
-    I:layout      string  the layout version ("2")
+    I:layout      string  the layout version ("3")
 
 The current session lives in the pointer hash itself, so an update touches one session key:
 `lease_and_load` is one HMGET and one HSET of B:r, and a commit one HMGET and one HSET of B:r
-plus only the index entries whose value changed (compared with the row's previous w, x, p, la,
-ag and sums fields, read by that same HMGET). Layout 1 (before 0.1; the current row in
-B:s:<id>) is refused at `open()` with a ConfigurationError: start on an empty prefix.
+plus only the index entries that must change (compared with the row's previous la, wi, xi, pi,
+mt and sums fields, read by that same HMGET). The due index is lazy, as the MemoryStore's: a
+commit whose due time moved later (a sliding idle deadline, every message) leaves the entry
+where it is, and `claim_due` moves an early entry to the real time instead of handing it out.
+Lease times are fixed-width microsecond strings, compared as strings by the scripts. Layouts 1
+and 2 are refused at `open()` with a ConfigurationError: start on an empty prefix.
 
 Standalone Redis: B = ``P:{K}`` and I = ``P`` (one global index of each kind). Every script
 touches the session's keys and the global index keys together, atomically.
@@ -141,11 +146,18 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 _FILTER_FIELDS = ("status", "platform", "scope", "flow", "step", "key_prefix")
 _ALL_FILTERS = (*_FILTER_FIELDS, "updated_since", "updated_before")
 _LABEL_SEP = "\x1f"
+_DUE_FIELDS = {"warn": "w", "expire": "x", "purge": "p"}  # row field of each due time
 
 
 def _float(value: str | float) -> str:
     """A float as Redis and Lua read it back exactly."""
     return repr(float(value))
+
+
+def _us(value: float) -> str:
+    """A time as the lease fields hold it: whole microseconds, zero-padded to a fixed width, so
+    that the scripts compare two times as strings (no number parsing on the hot path)."""
+    return f"{max(0, round(value * 1_000_000)):017d}"
 
 
 def _text(value: bytes | str) -> str:
@@ -353,7 +365,7 @@ class RedisStore(Store):
         # standalone client's BlockingConnectionPool waits by itself.)
         self._slots = asyncio.Semaphore(max_connections) if self.cluster else None
         self._scripts: dict[str, Any] = {}
-        self._commit_index_keys: dict[int, list[str]] = {}
+        self._commit_index_keys: dict[int, tuple[str, str]] = {}
 
     # -- construction -----------------------------------------------------------------------
 
@@ -580,10 +592,6 @@ class RedisStore(Store):
         blob = self.codec.encode(record)
         base = self.layout.base(key)
         sid = record.id
-        keys = [
-            f"{base}:r", f"{base}:s:", f"{base}:h:{sid}", f"{base}:m:{sid}",
-            *self._index_keys(key),
-        ]
         now = self.clock.now()
         gc_ms = 0
         purge = ""
@@ -600,17 +608,20 @@ class RedisStore(Store):
             drop = history.drop_messages_through
             spec = (f"{len(history.append)} {len(history.summaries)} "
                     f"{'-' if drop is None else int(drop)} {int(history.drop_summaries)}")
+        listing, prefix = self._index_names(key)
+        keys = [f"{base}:r", listing, base, prefix]
         args: list[Any] = [
-            record.version, sid, blob, os.urandom(12).hex(),
-            lease.owner if lease else "", lease.token if lease else 0, _float(now),
+            expected, record.version, sid, blob, os.urandom(12).hex(),
+            lease.owner if lease else "", lease.token if lease else 0, _us(now),
             "1" if release else "0", _float(-last_activity),
             "" if warn is None else _float(warn), "" if expires is None else _float(expires),
             record.counters.messages, round(max(0.0, last_activity - created_at) * 1000),
             _Contribution.meta(record, purge, gc_ms > 0), key, gc_ms, spec,
         ]
         if history:
+            pack = self.codec.pack_message
             for message in history.append:
-                args += [message.seq, self.codec.pack_message(message)]
+                args += [message.seq, pack(message)]
             for summary in history.summaries:
                 args += [summary.end_seq, self.codec.encode_summary(summary)]
         # Retrying is safe: every attempt carries the same random mark, stored with the row,
@@ -624,17 +635,13 @@ class RedisStore(Store):
             raise LeaseLost(key, lease.token)
         raise ConflictError(key, expected, int(value) or None)
 
-    def _index_keys(self, key: str) -> list[str]:
-        """KEYS[5..10] of the commit script: the due indexes, listing, aggregates and ids of
-        the key's bucket (built once per bucket)."""
+    def _index_names(self, key: str) -> tuple[str, str]:
+        """(listing index, index prefix) of the key's bucket, built once per bucket: the
+        commit script names the other index keys from the prefix when it needs them."""
         bucket = self.layout.bucket(key)
         names = self._commit_index_keys.get(bucket)
         if names is None:
-            index = self.layout.index
-            names = [
-                *(index(bucket, f"due:{kind}") for kind in DUE_KINDS),
-                index(bucket, "recent"), index(bucket, "agg"), index(bucket, "ids"),
-            ]
+            names = (self.layout.index(bucket, "recent"), self.layout.index(bucket, ""))
             self._commit_index_keys[bucket] = names
         return names
 
@@ -828,20 +835,23 @@ class RedisStore(Store):
         if kind not in DUE_KINDS:
             raise ConfigurationError(f"unknown due kind {kind!r}; use one of {DUE_KINDS}")
         items: list[DueItem] = []
+        field = _DUE_FIELDS[kind]
         buckets = self.layout.all_buckets
         first = random.randrange(len(buckets))  # no bucket starves the others
         for bucket in buckets[first:] + buckets[:first]:
             if len(items) >= limit:
                 break
             name = self.layout.index(bucket, f"due:{kind}")
+            head, tail, pointer_tail = self.layout.row_head_tail(bucket)
             # Retrying is safe: at worst an answer lost in transit hides its items until
             # `claim_seconds` have passed, as for a crashed claimer.
             flat = await self._script(
                 "CLAIM_DUE", [name],
-                [_float(now), limit - len(items), _float(now + claim_seconds)], retry=True,
+                [_float(now), limit - len(items), _float(now + claim_seconds), head, tail,
+                 pointer_tail, field, field + "i"], retry=True,
             )
             for i in range(0, len(flat), 2):
-                key, _, sid = _text(flat[i]).partition(" ")
+                key, _, sid = _text(flat[i]).rpartition(" ")
                 items.append(DueItem(key=key, session_id=sid, kind=kind, due_at=float(flat[i + 1])))
         return items
 
@@ -857,7 +867,7 @@ class RedisStore(Store):
         # Retrying is safe: a second try by the same owner takes the lease again (new token).
         token, blob = await self._script(
             "LEASE_AND_LOAD", [f"{base}:r"],
-            [owner, _float(now), _float(expires), backstop], retry=True,
+            [owner, _us(now), _us(expires), backstop], retry=True,
         )
         if token == 0:
             return None, None
@@ -872,7 +882,7 @@ class RedisStore(Store):
         expires = now + ttl
         ok = await self._script(
             "RENEW", [f"{self.layout.base(lease.key)}:r"],
-            [lease.owner, lease.token, _float(now), _float(expires)],
+            [lease.owner, lease.token, _us(now), _us(expires)],
             retry=True,
         )
         if not ok:

@@ -48,7 +48,7 @@ end
 
 # The layout version this module writes (see `chatstate.stores.redis`). Stores of an older
 # layout are refused at open() with a message saying what to do, never misread.
-LAYOUT_VERSION = "2"
+LAYOUT_VERSION = "3"
 
 # KEYS: 1 layout marker, 2 aggregates, 3 listing index (of one bucket); ARGV: 1 layout version
 # -> the bucket's layout version: the marker, or '1' for data written before markers existed,
@@ -67,24 +67,26 @@ return ARGV[1]
 # value changed). A replaced session's row moves to B:s:<id>.
 ROW_FIELDS = (
     "b", "v", "ag", "st", "fl", "sp", "gc", "nm", "nk", "nd", "c", "w", "x", "p", "la", "mt",
+    "wi", "xi", "pi",
 )
 _ROW_FIELDS_LUA = ", ".join(f"'{name}'" for name in ROW_FIELDS)
 
+# Lease times (o's expiry e, and `now`) are fixed-width microsecond strings (see
+# `chatstate.stores.redis._us`), so the scripts compare them as strings, without parsing numbers.
 # KEYS: 1 pointer
 # ARGV: 1 owner, 2 now, 3 expires_at, 4 expiry backstop (ms) of a pointer that holds no session
 # -> {token, blob|nil} when taken, {0, expires_at of the holder} when busy
 LEASE_AND_LOAD = """
-local h = redis.call('HMGET', KEYS[1], 'o', 'e', 't', 'id', 'b')
-if h[1] and h[1] ~= '' and h[1] ~= ARGV[1] and (tonumber(h[2]) or 0) > tonumber(ARGV[2]) then
-  return {0, h[2]}
-end
+local h = redis.call('HMGET', KEYS[1], 'o', 'e', 't', 'b')
+local o = h[1]
+if o and o ~= '' and o ~= ARGV[1] and (h[2] or '') > ARGV[2] then return {0, h[2]} end
 local token = (tonumber(h[3]) or 0) + 1
 redis.call('HSET', KEYS[1], 't', token, 'o', ARGV[1], 'e', ARGV[3])
 if not h[4] then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   return {token, false}
 end
-return {token, h[5]}
+return {token, h[4]}
 """
 
 # The corruption-injection hook (tests, maintenance): overwrite the current record's bytes.
@@ -95,10 +97,10 @@ redis.call('HSET', KEYS[1], 'b', ARGV[1])
 return 1
 """
 
-# KEYS: 1 pointer; ARGV: 1 owner, 2 token, 3 now, 4 new expires_at
+# KEYS: 1 pointer; ARGV: 1 owner, 2 token, 3 now, 4 new expires_at (microsecond strings)
 RENEW = """
 local l = redis.call('HMGET', KEYS[1], 'o', 't', 'e')
-if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] or (tonumber(l[3]) or 0) <= tonumber(ARGV[3]) then
+if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] or (l[3] or '') <= ARGV[3] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'e', ARGV[4])
@@ -116,11 +118,18 @@ return 0
 """
 
 # The hot path of every update, so it is written for the common case: one HMGET and one HSET of
-# the pointer, and an index is written only when the value it indexes changed (the previous
-# values are the row's own fields: 'la' the listing score, 'w'/'x'/'p' the due times, 'ag' and
-# the sums the aggregate contribution). A due time that is set is always rewritten (a claim
-# pushed its entry; the commit puts it back at the record's time); an unset one is removed only
-# if it was set before (no entry can exist otherwise).
+# the pointer, and an index is written only when it must be (the previous values are the row's
+# own fields: 'la' the listing score, 'wi'/'xi'/'pi' where the session's due entries sit, 'mt'
+# and the sums the aggregate contribution).
+#
+# The due index is lazy, as in the MemoryStore: a session's entry of one kind sits at or before
+# its real due time ('w', 'x', 'p'), at the position its 'wi'/'xi'/'pi' field names. A commit
+# adds an entry only when the new due time is earlier than the entry's position (or there is
+# none); otherwise the early entry moves itself to the real time when CLAIM_DUE reaches it. So
+# a sliding idle deadline, which moves later with every message, costs no index write. An entry
+# whose due time was removed is dropped by the claim that reaches it. A claim moves a claimed
+# entry to the end of the claim (and records that position), so a commit that sets a due time
+# before it puts the entry back at that time: the claim's hold ends with the commit.
 #
 # What changes with every message travels in its own argument (listing score, warn and expiry
 # times, message and duration sums). What rarely changes (status, flow, step, whether a GC
@@ -128,81 +137,89 @@ return 0
 # argument, `meta`, stored as it came in 'mt': when it equals the stored one, none of those
 # indexes is looked at and nothing is decoded; otherwise (and for a session new at the key) the
 # script decodes it, applies the differences and writes the individual fields that listings,
-# counts and deletions read.
+# counts and deletions read. Other keys (rows, history, indexes) are named from the session
+# base B and the bucket's index prefix I.
 #
-# KEYS: 1 pointer, 2 row prefix, 3 history, 4 summaries, 5-7 due warn/expire/purge,
-#       8 listing index, 9 aggregates, 10 id -> key index
-# ARGV: 1 new version (the stored one must be one less), 2 id, 3 blob,
-#       4 commit mark (random, the same for every attempt of one commit() call),
-#       5 lease owner ('' = no lease), 6 lease token, 7 now, 8 release ('1'),
-#       9 listing score (-last_activity), 10 warn due, 11 expire due ('' = none),
-#       12 messages handled, 13 duration (ms),
-#       14 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
+# KEYS: 1 pointer, 2 listing index, 3 session base B, 4 index prefix I (ends with ':')
+# ARGV: 1 expected version (the stored one, '0' = none), 2 new version, 3 id, 4 blob,
+#       5 commit mark (random, the same for every attempt of one commit() call),
+#       6 lease owner ('' = no lease), 7 lease token, 8 now (microseconds, as lease times),
+#       9 release ('1'), 10 listing score (-last_activity), 11 warn due, 12 expire due
+#       ('' = none), 13 messages handled, 14 duration (ms),
+#       15 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
 #          tokens, [field, amount, ...] (the categorical contribution)],
-#       15 canonical key, 16 GC backstop in ms ('0' = none),
-#       17 history: '' = no change, else "<n messages> <n summaries> <drop messages through
-#          ('-' = no)> <drop summaries ('1'|'0')>", 18.. (seq, blob) per message then
+#       16 canonical key, 17 GC backstop in ms ('0' = none),
+#       18 history: '' = no change, else "<n messages> <n summaries> <drop messages through
+#          ('-' = no)> <drop summaries ('1'|'0')>", 19.. (seq, blob) per message then
 #          (end_seq, blob) per summary
 # -> {1, version} committed (or found applied by an earlier attempt of this same call, whose
 #    answer was lost: recognised by its mark, never by content, since another writer may have
 #    committed identical bytes); {0, stored version} version conflict; {-1, stored token}
 #    lease lost
 COMMIT = """
-local f = redis.call('HMGET', KEYS[1], 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'la', 'w', 'x',
-  'nm', 'nd')
-local version, id = tonumber(ARGV[1]), ARGV[2]
-local curv = tonumber(f[1]) or 0
-if curv == version and f[2] == id and f[6] == ARGV[4] then return {1, curv} end
-if ARGV[5] ~= '' and (f[3] ~= ARGV[5] or f[4] ~= ARGV[6]
-    or (tonumber(f[5]) or 0) <= tonumber(ARGV[7])) then
-  return {-1, tonumber(f[4]) or 0}
+local p = KEYS[1]
+local f = redis.call('HMGET', p, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'la', 'wi', 'xi', 'nm',
+  'nd')
+local id = ARGV[3]
+if f[1] == ARGV[2] and f[2] == id and f[6] == ARGV[5] then return {1, ARGV[2]} end
+if ARGV[6] ~= '' and (f[3] ~= ARGV[6] or f[4] ~= ARGV[7] or (f[5] or '') <= ARGV[8]) then
+  return {-1, f[4] or '0'}
 end
-if curv ~= version - 1 then return {0, curv} end
-local old, rare = f, nil  -- rare: the previous ag, gc, p, nk (read only when meta changed)
+if (f[1] or '0') ~= ARGV[1] then return {0, f[1] or '0'} end
+local B, I, key, meta = KEYS[3], KEYS[4], ARGV[16], ARGV[15]
+local old, rare = f, nil  -- rare: the previous ag, gc, pi, nk (read only when meta changed)
 local fresh = f[2] ~= id
 if fresh then
   if f[2] then  -- the replaced session keeps its row (and its expiry) under its own id
     local names = {""" + _ROW_FIELDS_LUA + """}
-    local values = redis.call('HMGET', KEYS[1], unpack(names))
+    local values = redis.call('HMGET', p, unpack(names))
     local row = {}
     for i = 1, #names do
       if values[i] then row[#row + 1] = names[i]; row[#row + 1] = values[i] end
     end
-    local name = KEYS[2] .. f[2]
+    local name = B .. ':s:' .. f[2]
     redis.call('HSET', name, unpack(row))
-    local ttl = redis.call('PTTL', KEYS[1])
+    local ttl = redis.call('PTTL', p)
     if ttl > 0 then redis.call('PEXPIRE', name, ttl) end
   end
   -- A row already stored under this id (a replaced session committed again) moves into the
   -- pointer: its contribution and due entries are the ones this commit replaces.
-  local name = KEYS[2] .. id
-  old = redis.call('HMGET', name, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'la', 'w', 'x', 'nm', 'nd',
-    'ag', 'gc', 'p', 'nk')
+  local name = B .. ':s:' .. id
+  old = redis.call('HMGET', name, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'la', 'wi', 'xi', 'nm',
+    'nd', 'ag', 'gc', 'pi', 'nk')
   rare = {old[13], old[14], old[15], old[16]}
   if old[1] then redis.call('DEL', name) end
-  redis.call('HSET', KEYS[10], id, ARGV[15])
+  redis.call('HSET', I .. 'ids', id, key)
 end
-local agg, meta = KEYS[9], ARGV[14]
-local d = (tonumber(ARGV[12]) or 0) - (tonumber(old[11]) or 0)
-if d ~= 0 then redis.call('HINCRBY', agg, 'm', string.format('%d', d)) end
-d = (tonumber(ARGV[13]) or 0) - (tonumber(old[12]) or 0)
-if d ~= 0 then redis.call('HINCRBY', agg, 'd', string.format('%d', d)) end
-if ARGV[8] == '1' and ARGV[5] ~= '' then
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'id', id, 'b', ARGV[3], 'c', ARGV[4], 'mt', meta,
-    'la', ARGV[9], 'w', ARGV[10], 'x', ARGV[11], 'nm', ARGV[12], 'nd', ARGV[13], 'o', '', 'e', '0')
+local d = ARGV[13] - (old[11] or 0)
+if d ~= 0 then redis.call('HINCRBY', I .. 'agg', 'm', string.format('%d', d)) end
+d = ARGV[14] - (old[12] or 0)
+if d ~= 0 then redis.call('HINCRBY', I .. 'agg', 'd', string.format('%d', d)) end
+local member
+local wi, at = old[9] or '', ARGV[11]
+if at ~= '' and (wi == '' or tonumber(wi) > tonumber(at)) then
+  member = key .. ' ' .. id
+  redis.call('ZADD', I .. 'due:warn', at, member)
+  wi = at
+end
+local xi = old[10] or ''
+at = ARGV[12]
+if at ~= '' and (xi == '' or tonumber(xi) > tonumber(at)) then
+  member = member or (key .. ' ' .. id)
+  redis.call('ZADD', I .. 'due:expire', at, member)
+  xi = at
+end
+if ARGV[9] == '1' and ARGV[6] ~= '' then
+  redis.call('HSET', p, 'v', ARGV[2], 'b', ARGV[4], 'c', ARGV[5], 'la', ARGV[10], 'w', ARGV[11],
+    'x', ARGV[12], 'wi', wi, 'xi', xi, 'nm', ARGV[13], 'nd', ARGV[14], 'o', '', 'e', '0')
 else
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'id', id, 'b', ARGV[3], 'c', ARGV[4], 'mt', meta,
-    'la', ARGV[9], 'w', ARGV[10], 'x', ARGV[11], 'nm', ARGV[12], 'nd', ARGV[13])
+  redis.call('HSET', p, 'v', ARGV[2], 'b', ARGV[4], 'c', ARGV[5], 'la', ARGV[10], 'w', ARGV[11],
+    'x', ARGV[12], 'wi', wi, 'xi', xi, 'nm', ARGV[13], 'nd', ARGV[14])
 end
-if ARGV[9] ~= old[8] then redis.call('ZADD', KEYS[8], ARGV[9], id .. ' ' .. ARGV[15]) end
-local member = ARGV[15] .. ' ' .. id
-for i = 0, 1 do
-  local at, was = ARGV[10 + i], old[9 + i]
-  if at ~= '' then redis.call('ZADD', KEYS[5 + i], at, member)
-  elseif was and was ~= '' then redis.call('ZREM', KEYS[5 + i], member) end
-end
+if ARGV[10] ~= old[8] then redis.call('ZADD', KEYS[2], ARGV[10], id .. ' ' .. key) end
 if fresh or old[7] ~= meta then
-  if not rare then rare = redis.call('HMGET', KEYS[1], 'ag', 'gc', 'p', 'nk') end
+  if not rare then rare = redis.call('HMGET', p, 'ag', 'gc', 'pi', 'nk') end
+  local agg = I .. 'agg'
   local m = cjson.decode(meta)
   local ag = cjson.encode(m[7])
   if rare[1] ~= ag then
@@ -219,29 +236,35 @@ if fresh or old[7] ~= meta then
   end
   d = m[6] - (tonumber(rare[4]) or 0)
   if d ~= 0 then redis.call('HINCRBY', agg, 'k', string.format('%d', d)) end
-  if m[5] ~= '' then redis.call('ZADD', KEYS[7], m[5], member)
-  elseif rare[3] and rare[3] ~= '' then redis.call('ZREM', KEYS[7], member) end
-  redis.call('HSET', KEYS[1], 'ag', ag, 'st', m[1], 'fl', m[2], 'sp', m[3], 'gc', m[4],
-    'p', m[5], 'nk', string.format('%d', m[6]))
+  local pi = rare[3] or ''
+  if m[5] ~= '' and (pi == '' or tonumber(pi) > tonumber(m[5])) then
+    redis.call('ZADD', I .. 'due:purge', m[5], member or (key .. ' ' .. id))
+    pi = m[5]
+  end
+  redis.call('HSET', p, 'id', id, 'mt', meta, 'ag', ag, 'st', m[1], 'fl', m[2], 'sp', m[3],
+    'gc', m[4], 'p', m[5], 'pi', pi, 'nk', string.format('%d', m[6]))
   if m[4] == '0' and rare[2] and rare[2] ~= '0' then  -- the backstop is lifted
-    redis.call('PERSIST', KEYS[1]); redis.call('PERSIST', KEYS[3]); redis.call('PERSIST', KEYS[4])
+    redis.call('PERSIST', p)
+    redis.call('PERSIST', B .. ':h:' .. id)
+    redis.call('PERSIST', B .. ':m:' .. id)
   elseif m[4] == '0' and fresh then
-    redis.call('PERSIST', KEYS[1])  -- a pointer created by a lease had a backstop expiry
+    redis.call('PERSIST', p)  -- a pointer created by a lease had a backstop expiry
   end
 end
-if ARGV[16] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[16])
-  redis.call('PEXPIRE', KEYS[3], ARGV[16])
-  redis.call('PEXPIRE', KEYS[4], ARGV[16])
+if ARGV[17] ~= '0' then
+  redis.call('PEXPIRE', p, ARGV[17])
+  redis.call('PEXPIRE', B .. ':h:' .. id, ARGV[17])
+  redis.call('PEXPIRE', B .. ':m:' .. id, ARGV[17])
 end
-if ARGV[17] ~= '' then
-  local nm, ns, drop, dropsum = string.match(ARGV[17], '^(%d+) (%d+) (%S+) (%d)$')
+if ARGV[18] ~= '' then
+  local history, summaries = B .. ':h:' .. id, B .. ':m:' .. id
+  local nm, ns, drop, dropsum = string.match(ARGV[18], '^(%d+) (%d+) (%S+) (%d)$')
   nm, ns = tonumber(nm), tonumber(ns)
-  if drop ~= '-' then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', drop) end
-  if dropsum == '1' then redis.call('DEL', KEYS[4]) end
+  if drop ~= '-' then redis.call('ZREMRANGEBYSCORE', history, '-inf', drop) end
+  if dropsum == '1' then redis.call('DEL', summaries) end
   -- ZADD (score, member) pairs at most 500 per call: unpack() of a large table overflows
   -- Lua's C stack, and the script stays one atomic step however many calls it makes.
-  local function zadd_chunked(key, first, count)
+  local function zadd_chunked(name, first, count)
     local done = 0
     while done < count do
       local z = {}
@@ -249,14 +272,14 @@ if ARGV[17] ~= '' then
       for i = done, last do
         z[#z + 1] = ARGV[first + 2 * i]; z[#z + 1] = ARGV[first + 2 * i + 1]
       end
-      redis.call('ZADD', key, unpack(z))
+      redis.call('ZADD', name, unpack(z))
       done = last + 1
     end
   end
-  zadd_chunked(KEYS[3], 18, nm)
-  zadd_chunked(KEYS[4], 18 + 2 * nm, ns)
+  zadd_chunked(history, 19, nm)
+  zadd_chunked(summaries, 19 + 2 * nm, ns)
 end
-return {1, version}
+return {1, ARGV[2]}
 """
 
 # KEYS: 1 pointer, 2 row prefix, 3 history prefix, 4 summaries prefix,
@@ -313,20 +336,53 @@ if found > 0 then return 1 end
 return 0
 """
 
-# KEYS: 1 due index of one kind; ARGV: 1 now, 2 limit, 3 claimed until
-# -> flat list member, score, member, score ...
+# Claims due entries of one kind, lazily corrected (see COMMIT): for each entry at or before
+# `now`, the session's real due time decides. Gone session or no due time any more: the entry
+# is dropped. Due later: the entry moves to that time (nothing is handed out). Due: the entry
+# moves to the end of the claim, and the session is handed out with its due time. Rows are read
+# from keys built from the member "K id" (in the same slot as the index): the pointer, or the
+# row of a replaced session. At most `limit` + 1000 entries are examined per call (bounds the
+# call's server time when many early entries must move).
+# KEYS: 1 due index of one kind
+# ARGV: 1 now, 2 limit, 3 claimed until, 4 row key head, 5 row key tail, 6 pointer key tail,
+#       7 due time field ('w'|'x'|'p'), 8 position field ('wi'|'xi'|'pi')
+# -> flat list member, due time, member, due time ...
 CLAIM_DUE = """
-local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
-  ARGV[2])
-local z = {}
-for i = 1, #items, 2 do
-  z[#z + 1] = ARGV[3]; z[#z + 1] = items[i]
-  if #z >= 1000 or i + 1 >= #items then  -- in chunks: unpack() has a bounded stack
-    redis.call('ZADD', KEYS[1], unpack(z))
-    z = {}
+local now, want, claimed = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local field, pos = ARGV[7], ARGV[8]
+local budget = want + 1000
+local out, n = {}, 0
+repeat
+  local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0,
+    math.min(want - n, budget))
+  for _, member in ipairs(items) do
+    budget = budget - 1
+    local id = string.match(member, '([^ ]+)$')
+    local key = string.sub(member, 1, #member - #id - 1)
+    local row = ARGV[4] .. key .. ARGV[6]
+    local r = redis.call('HMGET', row, 'id', field)
+    if r[1] ~= id then
+      row = ARGV[4] .. key .. ARGV[5] .. id
+      r = redis.call('HMGET', row, 'v', field)
+    end
+    local due = r[2] or ''
+    if not r[1] then
+      redis.call('ZREM', KEYS[1], member)  -- the session is gone
+    elseif due == '' then
+      redis.call('ZREM', KEYS[1], member)
+      redis.call('HSET', row, pos, '')
+    elseif tonumber(due) > now then
+      redis.call('ZADD', KEYS[1], due, member)
+      redis.call('HSET', row, pos, due)
+    else
+      redis.call('ZADD', KEYS[1], ARGV[3], member)
+      redis.call('HSET', row, pos, ARGV[3])
+      out[#out + 1] = member; out[#out + 1] = due
+      n = n + 1
+    end
   end
-end
-return items
+until #items == 0 or n >= want or budget <= 0 or claimed <= now
+return out
 """
 
 # Walks one listing index in listing order from a cursor, server side, and keeps the entries
