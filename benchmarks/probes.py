@@ -42,7 +42,10 @@ class RedisProbe:
       store's HSET, ZADD, ...) contributes nothing of its own (its time is in EVALSHA's), a
       script call contributes all its time, and a command run both ways (aiogram's GET, also
       run by the redis-py lock's release script) contributes its top-level calls at the
-      command's average cost per call. The probe's own INFO calls are not counted.
+      command's average cost per call. EXEC is treated like a script: commandstats times it
+      with the commands queued in its MULTI, which also have their own lines, so commands
+      sent between MULTI and EXEC count as nested. The probe's own INFO calls are not
+      counted.
     * ``server_cpu_us_per_update``: INFO cpu (user + sys of the whole server process, which
       includes its network work and its idle event loop), per update: a second view.
     * ``server_commands_per_update``: commands executed per update (commandstats calls, those
@@ -106,9 +109,17 @@ class RedisProbe:
 
         def counting_pack_commands(conn: Any, commands: Any) -> Any:
             commands = list(commands)
+            nested = False
             for args in commands:
-                if args:
-                    probe._count(args[0])
+                if not args:
+                    continue
+                name = str(args[0].decode() if isinstance(args[0], bytes) else args[0]).upper()
+                if name in ("EXEC", "DISCARD"):
+                    nested = False
+                if not nested:  # queued inside MULTI: run, and timed, within EXEC
+                    probe._count(name)
+                if name == "MULTI":
+                    nested = True
             return pack_commands(conn, commands)
 
         self._patched = [
