@@ -303,8 +303,10 @@ class _SessionContext:
                 except CorruptRecordError as err:
                     await self._quarantine(err)
                     record = None
-            now = m.clock.now()
-            if self.expire and record is not None and m.policy.is_expired(record, now):
+            if (
+                record is not None and self.expire and record.expires_at is not None
+                and record.status is Status.ACTIVE and record.expires_at <= m.clock.now()
+            ):  # policy.is_expired, inlined on the hot path
                 record = await self._expire_late(record)
             session = self._prepare(record)
         except BaseException:

@@ -196,7 +196,15 @@ class LifecyclePolicy:
             self.closed(record, now)
             return 0.0
         timeouts = self.effective(record)
-        deadline = self.deadline(record, now, timeouts)
+        if self.extension is None:  # the common case, inlined: this runs on every message
+            idle, cap = timeouts.idle_timeout, timeouts.max_age
+            deadline = None if idle is None else now + idle
+            if cap is not None:
+                cap += record.created_at
+                if deadline is None or cap < deadline:
+                    deadline = cap
+        else:
+            deadline = self.deadline(record, now, timeouts)
         record.expires_at = deadline
         warn = timeouts.warn_before
         if deadline is not None and warn is not None and deadline - warn > now:
