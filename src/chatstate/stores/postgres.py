@@ -29,6 +29,12 @@ guarded HOT update touching no index), and connections go back to the store's ow
 LISTEN, advisory locks or SET) and without asyncpg.Pool's per-checkout Python overhead.
 pg_stat_database counts three transactions per update (the procedure commits twice).
 
+History: one row per commit (up to 64 messages) in ``history`` keyed by (session number, newest
+seq): the messages in `Codec.pack_message`'s compact form, deflated with a fixed dictionary, in a
+bytea, and their text once in a text column that carries the full-text index (`postgres_schema`,
+versions 10-11: about 1.45x the raw size of the messages on the agent benchmark, from 2.5x with a
+JSON row per message). Reads take the rows overlapping the asked range and keep its messages.
+
 Faults: every call is bounded by ``command_timeout``; connection loss, a terminated backend, a
 restarting server or a full server raise `StoreUnavailable`. Reads are retried with backoff,
 and so are the writes that are safe to repeat: a commit (the commit function recognises a commit
