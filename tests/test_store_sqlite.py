@@ -801,3 +801,42 @@ async def test_keyword_search_through_the_compact_index(tmp_path: Path) -> None:
         assert check == []
     finally:
         await store.close()
+
+
+async def test_a_write_failing_halfway_on_the_loop_undoes_only_itself(tmp_path: Path) -> None:
+    """The writes of one event-loop iteration share a transaction on the loop's connection:
+    a job that fails after writing rolls it back, its own write stays undone and the others
+    run again; a database error fails every write of the transaction."""
+    store = await _store(tmp_path / "half.db")
+    try:
+
+        def put(name: str, fail: BaseException | None = None):  # type: ignore[no-untyped-def]
+            def job(conn: sqlite3.Connection) -> str:
+                conn.execute("INSERT INTO counters (name, value) VALUES (?, 1) "
+                             "ON CONFLICT (name) DO UPDATE SET value = value + 1", (name,))
+                if fail is not None:
+                    raise fail
+                return name
+
+            return store._write(job)
+
+        results = await asyncio.gather(
+            put("a"), put("b"), put("bad", RuntimeError("halfway")), put("c"),
+            return_exceptions=True,
+        )
+        assert results[:2] == ["a", "b"] and results[3] == "c"
+        assert isinstance(results[2], RuntimeError)
+        assert await store.read_counters() == {"a": 1, "b": 1, "c": 1}
+
+        results = await asyncio.gather(
+            put("d"), put("e", sqlite3.OperationalError("disk I/O error")), put("f"),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StoreUnavailable) for r in results[:2])
+        assert await store.read_counters() == {"a": 1, "b": 1, "c": 1, **{
+            name: 1 for name, r in zip("df", (results[0], results[2]), strict=True)
+            if r == name}}
+        # A write in a later iteration is not affected.
+        assert await put("g") == "g"
+    finally:
+        await store.close()

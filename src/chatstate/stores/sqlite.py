@@ -9,14 +9,17 @@ so that returned commits survive a power loss too, at the cost of one fsync per 
 Where the work runs. A worker thread per store owns the write connection: commits that arrive
 together are written there in one transaction (group commit); each commit's compare-and-set is
 checked on its own, and a refused one (conflict, lost lease) has written nothing, so the others
-go on. The event loop has a connection of its own that never waits (busy timeout 0) and never
-checkpoints: point reads (`load`, `load_by_id`) run there, since a read in WAL mode does not wait
-for writers. When no fsync is due (synchronous normal or off) and the worker has no write
-pending, leases and commits are written there too: the first of an event-loop iteration at once,
-the others of that iteration together in one transaction at its end (group commit without a
-thread hop: the two thread wake-ups of a hop cost more than the page written to the log).
-Whatever would wait (the write lock held by another process, synchronous=full, checkpoints)
-goes to the worker. A write always yields to the event loop at least once, as a hop would.
+go on. The event loop has connections of its own that never wait (busy timeout 0) and never
+checkpoint: point reads (`load`, `load_by_id`) and history reads of a few hundred rows run
+there, since a read in WAL mode does not wait for writers. When no fsync is due (synchronous
+normal or off) and the worker has no write pending, leases and commits are written there too:
+the first write of an event-loop iteration begins a transaction, every write of the iteration
+runs in it at once, and its COMMIT runs before any of them returns (group commit without a
+thread hop: the two thread wake-ups of a hop cost more than the page written to the log; reads
+meanwhile use the loop's second connection, which sees only committed data). Whatever would
+wait (the write lock held by another process, synchronous=full, checkpoints) goes to the
+worker. A write always yields to the event loop at least once, as a hop would. Checkpoints run
+in the worker after about 1,000 pages were written to the log.
 
 Several processes may open one file; writers wait for each other up to `busy_timeout` seconds
 before `StoreUnavailable` is raised. Leases (kept in the file) serialise the updates of one key
@@ -275,6 +278,18 @@ class _Job:
 
 
 _Result = tuple[_Job, Any, BaseException | None]
+_Opened = tuple[bool, sqlite3.Connection | None, sqlite3.Connection | None]
+
+
+class _LoopTx:
+    """The write transaction of one event-loop iteration on the loop's connection."""
+
+    __slots__ = ("error", "lost", "writes")
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None  # the COMMIT (or a statement) failed
+        self.lost = False  # rolled back for another job's failure: run again
+        self.writes = 0
 
 
 def _resolve(results: list[_Result]) -> None:
@@ -534,6 +549,7 @@ class SQLiteStore(Store):
         # True/False fix whether the engine takes leases; None (auto) decides per update.
         self._share: bool | None = _share_option(shared)
         self._lock_fd: int | None = None  # the read lock on <file>-lock (auto mode, open)
+        self._shared_now: bool | None = None  # `shared` in this event-loop iteration
         mode = _SYNC_MODES.get(str(synchronous).lower())
         if mode is None:
             raise ConfigurationError(
@@ -561,9 +577,11 @@ class SQLiteStore(Store):
         # Writes may run on it only when they can never wait on the disk: no fsync per commit.
         self._loop_writes = mode in ("NORMAL", "OFF")
         self._writes_pending = 0  # write jobs queued for or running in the worker
-        # Writes of one event-loop iteration, committed together on the loop's connection.
-        self._loop_batch: builtins.list[_Job] = []
-        self._wrote_now = False  # a write went at once in this iteration (see `_write`)
+        # Reads while the loop's write transaction is open (its writes not committed yet) run
+        # on a connection of their own.
+        self._reads: sqlite3.Connection | None = None
+        # The write transaction open on the loop's connection (see `_write`).
+        self._loop_tx: _LoopTx | None = None
         self._loop_tx_alone = False  # `_alone` at the start of the loop's current transaction
         self._loop_commits = 0  # units (see CHECKPOINT_FRAMES) since the last checkpoint
         self._checkpoint_every = CHECKPOINT_EVERY
@@ -611,11 +629,25 @@ class SQLiteStore(Store):
         if share is not None:
             return share
         fd = self._lock_fd
-        return fd is None or not _alone(fd)
+        if fd is None:
+            return True
+        share = self._shared_now
+        if share is None:
+            # Asked once per event-loop iteration (the engine asks on every update); an
+            # update that began alone is still refused at commit if a lease appeared meanwhile.
+            share = not _alone(fd)
+            loop = asyncio._get_running_loop()
+            if loop is not None:
+                self._shared_now = share
+                loop.call_soon(self._forget_shared)
+        return share
 
     @shared.setter
     def shared(self, value: bool | str) -> None:
         self._share = _share_option(value)
+
+    def _forget_shared(self) -> None:
+        self._shared_now = None
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -630,10 +662,10 @@ class SQLiteStore(Store):
         try:
             worker = _Worker(self.path, repr(self.path))
             worker.start()
-            future: asyncio.Future[tuple[bool, sqlite3.Connection | None]] = loop.create_future()
+            future: asyncio.Future[_Opened] = loop.create_future()
             worker.jobs.put(_Job(self._connect_job(worker), False, future, loop))
             try:
-                self._fts, self._reader = await future
+                self._fts, self._reader, self._reads = await future
             except BaseException:
                 worker.jobs.put(None)
                 raise
@@ -651,9 +683,14 @@ class SQLiteStore(Store):
         worker, self._worker = self._worker, None
         if worker is None:
             return
+        if self._loop_tx is not None:
+            self._end_loop_tx(self._loop_tx)  # commit what the loop wrote in this iteration
         reader, self._reader, self._reader_loop = self._reader, None, None
         if reader is not None:
             reader.close()
+        reads, self._reads = self._reads, None
+        if reads is not None:
+            reads.close()
         lock_fd, self._lock_fd = self._lock_fd, None
         if lock_fd is not None:
             os.close(lock_fd)  # other stores see it at once (leases again only if needed)
@@ -662,12 +699,14 @@ class SQLiteStore(Store):
 
     def _connect_job(
         self, worker: _Worker
-    ) -> Callable[[sqlite3.Connection | None], tuple[bool, sqlite3.Connection | None]]:
-        def connect(_: sqlite3.Connection | None) -> tuple[bool, sqlite3.Connection | None]:
+    ) -> Callable[[sqlite3.Connection | None], _Opened]:
+        def connect(_: sqlite3.Connection | None) -> _Opened:
             conn = self._connect()
             worker.conn = conn
+            reader = reads = None
             try:
                 reader = self._connect_reader()
+                reads = self._connect_reader()
                 if self._share is None:
                     if self.path == ":memory:":
                         self._share = False  # no other connection can ever see it
@@ -678,8 +717,11 @@ class SQLiteStore(Store):
             except BaseException:
                 worker.conn = None
                 conn.close()
+                for extra in (reader, reads):
+                    if extra is not None:
+                        extra.close()
                 raise
-            return self._fts_enabled(conn), reader
+            return self._fts_enabled(conn), reader, reads
 
         return connect
 
@@ -731,7 +773,9 @@ class SQLiteStore(Store):
     def _read_now(self, sql: str, params: tuple[Any, ...]) -> builtins.list[Any] | None:
         """Rows of a point query read on this event loop, or None when it must go through the
         worker (another loop, :memory:, or SQLite asked to wait)."""
-        reader = self._reader
+        # The loop's own connection keeps its page cache across its commits; while it holds
+        # this iteration's uncommitted writes, reads go to the other one.
+        reader = self._reader if self._loop_tx is None else self._reads
         if reader is None or self._reader_loop is not asyncio.get_running_loop():
             return None
         try:
@@ -855,77 +899,78 @@ class SQLiteStore(Store):
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a write job: on the loop's connection when that cannot wait (see the module
-        docstring), in one transaction with the other writes of this event-loop iteration;
-        otherwise in the worker, grouped with the writes pending there."""
+        docstring), in the transaction of this event-loop iteration; otherwise in the worker,
+        grouped with the writes pending there.
+
+        On the loop, the first write of an iteration begins a transaction and schedules its
+        COMMIT (`_end_loop_tx`, next in the loop's queue); every write of the iteration runs
+        in it at once, then yields: the COMMIT runs before any of them resumes, so a write
+        returns only once it is committed. A job refused before writing (`_REFUSALS`) fails
+        alone; one that fails otherwise, perhaps halfway, rolls the transaction back: after a
+        database error every write in it fails, after any other error the others run again."""
         loop = self._reader_loop
+        conn = self._reader
         if (
             loop is None
-            or self._reader is None
+            or conn is None
             or not self._loop_writes
             or self._writes_pending
             or loop is not asyncio.get_running_loop()
         ):
             return await self._run(fn, write=True)
-        if self._loop_batch or self._wrote_now:
-            # Other writes in this iteration: updates are concurrent, commit them together.
-            future: asyncio.Future[T] = loop.create_future()
-            if not self._loop_batch:
-                loop.call_soon(self._flush_loop_batch)
-            self._loop_batch.append(_Job(fn, True, future, loop))
-            return await future
-        # The first write of this iteration goes at once (no batch to wait for), then yields
-        # once, as a hop would; writes of other tasks meanwhile form the next batch.
-        conn = self._reader
-        assert conn is not None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error:
-            return await self._run(fn, write=True)  # another writer holds the lock: wait there
-        self._wrote_now = True
-        try:
-            self._loop_tx_alone = self._lock_fd is None or _alone(self._lock_fd)
+        tx = self._loop_tx
+        if tx is None:
             try:
-                value = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                _rollback(conn)
-                if isinstance(exc, sqlite3.Error):
-                    raise _unavailable(repr(self.path), exc) from exc
-                raise
-            self._count_loop_commits(1)
-            await asyncio.sleep(0)
-        finally:
-            self._wrote_now = False
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error:
+                return await self._run(fn, write=True)  # another writer holds the lock: wait
+            tx = self._loop_tx = _LoopTx()
+            # Asked once per transaction, inside it (no other store can write a lease first).
+            self._loop_tx_alone = self._lock_fd is None or _alone(self._lock_fd)
+            loop.call_soon(self._end_loop_tx, tx)
+        try:
+            value = fn(conn)
+        except _REFUSALS:
+            raise  # refused before writing: the others' writes stand
+        except BaseException as exc:
+            self._loop_tx = None
+            _rollback(conn)
+            if isinstance(exc, sqlite3.Error):
+                tx.error = _unavailable(repr(self.path), exc)
+                raise tx.error from exc
+            tx.lost = True
+            raise
+        tx.writes += 1
+        await asyncio.sleep(0)  # `_end_loop_tx` runs first
+        if self._loop_tx is tx:  # pragma: no cover - the COMMIT is always queued first
+            self._end_loop_tx(tx)
+        if tx.error is not None:
+            raise tx.error
+        if tx.lost:  # another job failed halfway: nothing of this transaction stands
+            return await self._write(fn)
         return value
+
+    def _end_loop_tx(self, tx: _LoopTx) -> None:
+        """Commit the loop's transaction (scheduled when it began)."""
+        if self._loop_tx is not tx:
+            return  # rolled back already
+        self._loop_tx = None
+        conn = self._reader
+        try:
+            if conn is None:  # pragma: no cover - close() ends the transaction first
+                raise sqlite3.OperationalError("the store was closed")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn is not None:
+                _rollback(conn)
+            tx.error = _unavailable(repr(self.path), exc)
+            return
+        self._count_loop_commits(tx.writes)
 
     def _count_loop_commits(self, n: int) -> None:
         self._loop_commits += n
         if self._loop_commits >= self._checkpoint_every and not self._checkpointing:
             self._request_checkpoint()
-
-    def _flush_loop_batch(self) -> None:
-        """Write this iteration's batch on the loop's connection, or hand it to the worker
-        when the write lock is taken (by another process, or by the worker meanwhile)."""
-        batch, self._loop_batch = self._loop_batch, []
-        conn, worker = self._reader, self._worker
-        try:
-            if conn is None:
-                raise sqlite3.OperationalError("the store was closed")
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error:
-            if worker is None:
-                closed = StoreUnavailable(f"SQLiteStore {self.path!r} is closed")
-                _resolve([(job, None, closed) for job in batch])
-                return
-            for job in batch:
-                worker.jobs.put(job)  # the worker waits for the lock (up to busy_timeout)
-            return
-        results: list[_Result] = []
-        # Asked once per transaction (no other store can write a lease before it ends).
-        self._loop_tx_alone = self._lock_fd is None or _alone(self._lock_fd)
-        run_batch(conn, batch, results, repr(self.path), begun=True)
-        _resolve(results)
-        self._count_loop_commits(len(batch))
 
     def _alone_in(self, conn: sqlite3.Connection, lock_fd: int) -> bool:
         """Whether no other store has the file open, seen from a write transaction on `conn`."""
