@@ -472,6 +472,36 @@ async def test_a_renewed_lease_keeps_out_other_owners(machine_store: RedisStore)
     assert other is not None and other.token > lease.token and loaded is not None
 
 
+async def test_a_lease_taken_again_by_its_owner_fences_off_the_first(
+    machine_store: RedisStore,
+) -> None:
+    """A second lease_and_load by the same owner (a retry whose first answer was lost) takes
+    the lease over with a higher token; the first lease can no longer commit, renew or
+    release it. Another owner stays out until the lease is released or expires."""
+    clock = FakeClock()
+    machine_store.clock = clock
+    key = "web:user:again"
+    first, _ = await machine_store.lease_and_load(key, "a", 10.0)
+    second, _ = await machine_store.lease_and_load(key, "a", 10.0)
+    assert first is not None and second is not None and second.token > first.token
+    record = new_record(key, now=clock.now())
+    record.version = 1
+    with pytest.raises(LeaseLost):
+        await machine_store.commit(record, expected=0, lease=first)
+    assert await machine_store.renew(first, 10.0) is None
+    await machine_store.release(first)  # not its lease any more: no effect
+    assert (await machine_store.lease_and_load(key, "b", 10.0)) == (None, None)
+    await machine_store.commit(record, expected=0, lease=second, release=True)
+    third, loaded = await machine_store.lease_and_load(key, "b", 10.0)
+    assert third is not None and third.token > second.token and loaded == record
+    clock.advance(11.0)  # the lease expired by the store's clock: taken over
+    fourth, _ = await machine_store.lease_and_load(key, "c", 10.0)
+    assert fourth is not None and fourth.token > third.token
+    with pytest.raises(LeaseLost):
+        record.version = 2
+        await machine_store.commit(record, expected=1, lease=third)
+
+
 async def test_a_commit_whose_answer_was_lost_is_retried_once(machine_store: RedisStore) -> None:
     key = "web:user:retry"
     record = new_record(key, now=machine_store.clock.now())
