@@ -840,3 +840,48 @@ async def test_a_write_failing_halfway_on_the_loop_undoes_only_itself(tmp_path: 
         assert await put("g") == "g"
     finally:
         await store.close()
+
+
+async def test_small_history_reads_run_on_the_loop_and_large_ones_in_the_worker(
+    tmp_path: Path,
+) -> None:
+    from chatstate.model import Summary
+    from chatstate.stores.sqlite import LOOP_READ_ROWS
+
+    store = await _store(tmp_path / "reads.db")
+    hops = 0
+    run = store._run
+
+    async def counting_run(fn, *, write=False):  # type: ignore[no-untyped-def]
+        nonlocal hops
+        hops += 1
+        return await run(fn, write=write)
+
+    try:
+        record = new_record("test:user:r", now=T0)
+        record.version = 1
+        total = LOOP_READ_ROWS + 10
+        await store.commit(record, expected=0, history=HistoryChanges(
+            append=[Message(role="user", content=f"m{i}", seq=i) for i in range(1, total + 1)],
+            summaries=[Summary(start_seq=1, end_seq=e, content=f"s{e}") for e in range(1, total)],
+        ))
+        store._run = counting_run  # type: ignore[method-assign]
+        tail = await store.read_tail(record.ref, 100)
+        assert [m.seq for m in tail] == list(range(total - 99, total + 1))
+        assert [m.content for m in await store.read_range(record.ref, 5, 7)] == ["m5", "m6", "m7"]
+        assert hops == 0
+        everything = await store.read_tail(record.ref, total + 5)
+        assert [m.seq for m in everything] == list(range(1, total + 1))
+        assert hops == 1
+        summaries = await store.list_summaries(record.ref)  # more than the loop reads
+        assert [s.end_seq for s in summaries] == list(range(1, total))
+        assert hops == 2
+        other = new_record("test:user:r2", now=T0)
+        other.version = 1
+        await store.commit(other, expected=0, history=HistoryChanges(
+            summaries=[Summary(start_seq=1, end_seq=4, content="short")]))
+        hops = 0
+        assert [s.content for s in await store.list_summaries(other.ref)] == ["short"]
+        assert hops == 0
+    finally:
+        await store.close()

@@ -1395,14 +1395,15 @@ class SQLiteStore(Store):
         return self._messages(await self._run(job))
 
     async def list_summaries(self, ref: SessionRef) -> builtins.list[Summary]:
-        def job(conn: sqlite3.Connection) -> builtins.list[bytes]:
-            rows = conn.execute(
-                "SELECT blob FROM summaries WHERE session_id = ? ORDER BY end_seq, start_seq",
-                (ref.id,),
+        # A context build asks on every turn: read on the loop (no thread hop) unless the
+        # session has more than a few hundred summaries.
+        rows = self._read_now(_LIST_SUMMARIES + " LIMIT ?", (ref.id, LOOP_READ_ROWS + 1))
+        if rows is None or len(rows) > LOOP_READ_ROWS:
+            rows = await self._run(
+                lambda conn: conn.execute(_LIST_SUMMARIES, (ref.id,)).fetchall()
             )
-            return [bytes(b) for (b,) in rows]
-
-        return [self.codec.decode_summary(raw) for raw in await self._run(job)]
+        decode = self.codec.decode_summary
+        return [decode(blob) for (blob,) in rows]
 
     # -- due index --------------------------------------------------------------------------
 
@@ -1548,6 +1549,7 @@ _SEARCH = (  # {} : the conditions on words of several tokens
     f"WHERE messages_fts MATCH ?2 AND f.rowid BETWEEN {_LOW} AND {_LOW} + {SEQ_MASK}{{}} "
     "ORDER BY f.rowid DESC LIMIT ?3"
 )
+_LIST_SUMMARIES = "SELECT blob FROM summaries WHERE session_id = ? ORDER BY end_seq, start_seq"
 _INSERT_MESSAGE = "INSERT OR REPLACE INTO messages (id, body, blob) VALUES (?, ?, ?)"
 _INDEX_MESSAGE = "INSERT INTO messages_fts (rowid, body) VALUES (?, ?)"
 # A message leaves the keyword index with the text it was indexed with (external content).
