@@ -78,3 +78,21 @@ def test_benchmark_group_reports_its_figures(group: str, quick_run: list[dict[st
         assert {(r["system"], r["concurrency"]) for r in results} == {
             (s, c) for s in EXPECTED[group] for c in (1, 8)
         }
+
+
+def test_the_agent_memory_benchmark_reports_its_figures() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_memory", "--quick",
+         "--only", "chatstate,agents,langgraph", "--backends", "memory,sqlite"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {r["system"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert {"chatstate memory", "chatstate sqlite", "chatstate sqlite (store only)",
+            "agents-sdk SQLiteSession", "langgraph SqliteSaver"} <= set(results)
+    for system, r in results.items():
+        assert r["skipped"] is None, (system, r["skipped"])
+        assert r["turn10_ms"] > 0 and r["last_ms"] > 0
+        assert r["bytes_per_conversation"] > 0 and r["raw_bytes_per_conversation"] > 0
+    assert results["chatstate sqlite"]["context_ms"] > 0
+    assert "the throughput of agents-sdk SQLiteSession" in done.stderr

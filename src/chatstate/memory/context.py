@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ContextOverflow
 from ..model import Message, Summary
-from .history import message_dict, split_groups, starts_turn
+from .history import message_dict, split_groups
 from .tokens import TokenCounter
 
 SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
@@ -97,22 +97,38 @@ async def assemble(
             "the system prompt",
         )
     builder = _Builder(counter, available, list(summaries), allow_partial_turn)
+    # The loop below runs for every message of every context, so the turn boundary
+    # (`history.starts_turn`) and the prompt cost (`counter.count_message`) are inlined.
+    per_message, per_name = counter.chat_format.per_message, counter.chat_format.per_name
+    content_tokens = counter.content_tokens
     try:
         pending: list[Message] = []  # the turn being read, newest first
+        cost = 0  # its prompt tokens
         full = False
         async for page in newest_first:
-            for message in page:
-                if pending and starts_turn(message, pending[-1]):
-                    if not builder.take(pending):
-                        full = True
-                        break
-                    pending = []
-                pending.append(message)
+            for m in page:
+                if pending:
+                    newer = pending[-1]
+                    if newer.role != "tool" and (
+                        newer.turn_id != m.turn_id
+                        if newer.turn_id is not None and m.turn_id is not None
+                        else newer.role == "user"
+                    ):
+                        if not builder.take(pending, cost):
+                            full = True
+                            break
+                        pending = []
+                        cost = 0
+                pending.append(m)
+                tokens = m.tokens
+                cost += (tokens if tokens > 0 else content_tokens(m)) + per_message + (
+                    per_name if m.name else 0
+                )
             if full:
                 break
         else:
             if pending:
-                builder.take(pending)
+                builder.take(pending, cost)
     finally:
         await newest_first.aclose()  # stop paging the store as soon as the budget is full
     builder.settle_summaries()
@@ -150,10 +166,10 @@ class _Builder:
         self.partial = False
         self.stopped_at: int | None = None  # newest seq of the first turn that did not fit
 
-    def take(self, turn_newest_first: list[Message]) -> bool:
-        """Admit one whole turn; False when it does not fit (reading stops there)."""
+    def take(self, turn_newest_first: list[Message], cost: int) -> bool:
+        """Admit one whole turn of `cost` prompt tokens; False when it does not fit (reading
+        stops there)."""
         turn = turn_newest_first[::-1]
-        cost = self._cost(turn)
         if not self.turns and not self.partial:
             if cost > self.available:
                 if not self.allow_partial:
@@ -170,16 +186,6 @@ class _Builder:
         self.used += cost
         self.turns.append(turn)
         return True
-
-    def _cost(self, messages: list[Message]) -> int:
-        """`counter.count_message` summed, inlined: this runs for every message of a context."""
-        fmt = self.counter.chat_format
-        per_message, per_name = fmt.per_message, fmt.per_name
-        cost = 0
-        for m in messages:
-            tokens = m.tokens if m.tokens > 0 else self.counter.content_tokens(m)
-            cost += tokens + per_message + (per_name if m.name else 0)
-        return cost
 
     def _take_partial(self, turn: list[Message]) -> None:
         """Keep the newest whole tool-call groups of a turn larger than the budget."""
