@@ -25,6 +25,7 @@ from chatstate.errors import (
     ConfigurationError,
     ConflictError,
     CorruptRecordError,
+    InvalidDataError,
     LeaseLost,
     StoreUnavailable,
 )
@@ -141,11 +142,12 @@ async def test_server_sees_two_script_calls_per_update(own_server: RedisServer) 
     assert "eval" not in calls and "script|load" not in calls and "get" not in calls
     # Inside the scripts, per update: one read and one write of the pointer for the lease and
     # again for the commit; the listing entry moves, the message and duration sums change, the
-    # history gets its message. Nothing else: no index entry whose value did not change, no
+    # message is appended to the history list after a look at its last entry (seqs must keep
+    # growing along the list). Nothing else: no index entry whose value did not change, no
     # due entry for a deadline that moved later (the lazy due index), no expiry call, no
     # removal of a due time that was never set.
     assert {name: count / 5 for name, count in calls.items() if name != "evalsha"} == {
-        "hmget": 2, "hset": 2, "zadd": 2, "hincrby": 2,
+        "hmget": 2, "hset": 2, "zadd": 1, "hincrby": 2, "lindex": 1, "rpush": 1,
     }
 
 
@@ -813,3 +815,54 @@ def test_requests_are_packed_as_redis_py_packs_them() -> None:
         assert b"".join(ours.pack_command(*command)) == b"".join(theirs.pack_command(*command))
     odd = ("SET", "k", memoryview(b"view"))
     assert b"".join(ours.pack_command(*odd)) == b"".join(theirs.pack_command(*odd))
+
+
+# -- history list ---------------------------------------------------------------------------------
+
+
+async def test_history_with_gaps_and_out_of_order_appends_reads_in_seq_order(
+    machine_store: RedisStore,
+) -> None:
+    """The history list finds positions by seq without assuming contiguous seqs (binary search
+    when the guess misses), and an append older than the newest stored message (which the
+    engine never writes) is merged in order instead of breaking the list's order."""
+    store = machine_store
+    record = new_record("web:user:gaps", now=store.clock.now())
+    record.version = 1
+
+    def msgs(*seqs: int) -> list[Message]:
+        return [Message(role="user", content=f"m{s}", seq=s) for s in seqs]
+
+    await store.commit(record, expected=0, history=HistoryChanges(append=msgs(1, 2, 5, 9, 10)))
+    ref = record.ref
+    assert [m.seq for m in await store.read_range(ref, 3, 9)] == [5, 9]
+    assert [m.seq for m in await store.read_range(ref, 6, 8)] == []
+    assert [m.seq for m in await store.read_tail(ref, 2, before_seq=9)] == [2, 5]
+    assert [m.seq for m in await store.read_tail(ref, 10, before_seq=6)] == [1, 2, 5]
+    record.version = 2
+    await store.commit(record, expected=1, history=HistoryChanges(append=msgs(3, 11)))
+    assert [m.seq for m in await store.read_tail(ref, 100)] == [1, 2, 3, 5, 9, 10, 11]
+    record.version = 3
+    await store.commit(record, expected=2, history=HistoryChanges(drop_messages_through=4))
+    assert [m.seq for m in await store.read_tail(ref, 100)] == [5, 9, 10, 11]
+    assert await store.count_messages(ref) == 4
+    with pytest.raises(InvalidDataError):
+        record.version = 4
+        await store.commit(record, expected=3, history=HistoryChanges(append=msgs(1 << 32)))
+
+
+async def test_history_costs_a_few_bytes_per_message_over_its_packed_form(
+    machine_store: RedisStore,
+) -> None:
+    store = machine_store
+    record = new_record("web:user:compact", now=store.clock.now())
+    record.version = 1
+    messages = [
+        Message(role="user" if i % 2 else "assistant", content=f"message {i} " + "x" * 150,
+                seq=i, tokens=40)
+        for i in range(1, 1001)
+    ]
+    await store.commit(record, expected=0, history=HistoryChanges(append=messages))
+    packed = sum(len(store.codec.pack_message(m)) for m in messages)
+    used = await store._client.memory_usage(f"{store.layout.base(record.key)}:h:{record.id}")
+    assert used < packed * 1.1  # a sorted set took about 100 bytes more per message

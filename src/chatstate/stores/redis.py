@@ -22,7 +22,8 @@ Data layout, version 3 (P = prefix, B = the session base, K = canonical session 
                         sp (filter fields), gc, c (mark of the commit that wrote it), w, x, p
                         (due times, '' = none), wi, xi, pi (where its due entries sit),
                         la (listing score)
-    B:h:<id>      zset  score seq -> message      history (Codec.pack_message's form)
+    B:h:<id>      list  history, oldest first: 4-byte seq + message (Codec.pack_message's
+                        form); a few bytes per entry where a sorted set costs ~100
     B:m:<id>      zset  score end_seq -> summary
     I:due:<kind>  zset  score time -> "K id"      one per kind (warn, expire, purge); lazy:
                         an entry sits at or before the session's due time (see below)
@@ -31,7 +32,7 @@ Data layout, version 3 (P = prefix, B = the session base, K = canonical session 
     I:agg         hash  field -> count            totals by status/platform/reason/step/label
     I:ids         hash  id -> K                   finds replaced sessions by id
     I:q           list  quarantined records
-    I:layout      string  the layout version ("3")
+    I:layout      string  the layout version ("4")
 
 The current session lives in the pointer hash itself, so an update touches one session key:
 `lease_and_load` is one HMGET and one HSET of B:r, and a commit one HMGET and one HSET of B:r
@@ -40,7 +41,7 @@ mt and sums fields, read by that same HMGET). The due index is lazy, as the Memo
 commit whose due time moved later (a sliding idle deadline, every message) leaves the entry
 where it is, and `claim_due` moves an early entry to the real time instead of handing it out.
 Lease times are fixed-width microsecond strings, compared as strings by the scripts. Layouts 1
-and 2 are refused at `open()` with a ConfigurationError: start on an empty prefix.
+to 3 are refused at `open()` with a ConfigurationError: start on an empty prefix.
 
 Standalone Redis: B = ``P:{K}`` and I = ``P`` (one global index of each kind). Every script
 touches the session's keys and the global index keys together, atomically.
@@ -86,6 +87,7 @@ from ..errors import (
     ConfigurationError,
     ConflictError,
     CorruptRecordError,
+    InvalidDataError,
     LeaseLost,
     StoreUnavailable,
 )
@@ -158,6 +160,13 @@ def _us(value: float) -> str:
     """A time as the lease fields hold it: whole microseconds, zero-padded to a fixed width, so
     that the scripts compare two times as strings (no number parsing on the hot path)."""
     return f"{max(0, round(value * 1_000_000)):017d}"
+
+
+def _history_entry(seq: int, packed: bytes) -> bytes:
+    """A history list entry: the seq in 4 bytes big-endian, then the packed message."""
+    if not 0 <= seq < 1 << 32:
+        raise InvalidDataError(f"message seq {seq} is out of range (0 .. 2**32 - 1)")
+    return seq.to_bytes(4, "big") + packed
 
 
 def _text(value: bytes | str) -> str:
@@ -445,8 +454,8 @@ class RedisStore(Store):
         client = self._make_client()
         scripts = {
             name: client.register_script(getattr(lua, name))
-            for name in ("LEASE_AND_LOAD", "RENEW", "RELEASE", "COMMIT", "REMOVE",
-                         "CLAIM_DUE", "SCAN", "PUT_RAW", "LAYOUT")
+            for name in ("LEASE_AND_LOAD", "RENEW", "RELEASE", "COMMIT", "REMOVE", "HISTORY_TAIL",
+                         "HISTORY_RANGE", "CLAIM_DUE", "SCAN", "PUT_RAW", "LAYOUT")
         }
         self._client, self._scripts = client, scripts
         try:
@@ -621,7 +630,7 @@ class RedisStore(Store):
         if history:
             pack = self.codec.pack_message
             for message in history.append:
-                args += [message.seq, pack(message)]
+                args.append(_history_entry(message.seq, pack(message)))
             for summary in history.summaries:
                 args += [summary.end_seq, self.codec.encode_summary(summary)]
         # Retrying is safe: every attempt carries the same random mark, stored with the row,
@@ -799,26 +808,26 @@ class RedisStore(Store):
     ) -> builtins.list[Message]:
         if limit <= 0:
             return []
-        await self._ensure()
         name = self._history_key(ref, "h")
-        top = "+inf" if before_seq is None else f"({before_seq}"
-        raw = await self._run(
-            lambda: self._c.zrevrangebyscore(name, top, "-inf", start=0, num=limit), retry=True
-        )
-        return [self.codec.decode_message(item) for item in reversed(raw)]
+        before = "" if before_seq is None else int(before_seq)
+        raw = await self._script("HISTORY_TAIL", [name], [limit, before], retry=True)
+        decode = self.codec.decode_message
+        return [decode(item[4:]) for item in raw]
 
     async def read_range(
         self, ref: SessionRef, start_seq: int, end_seq: int
     ) -> builtins.list[Message]:
-        await self._ensure()
         name = self._history_key(ref, "h")
-        raw = await self._run(lambda: self._c.zrangebyscore(name, start_seq, end_seq), retry=True)
-        return [self.codec.decode_message(item) for item in raw]
+        raw = await self._script(
+            "HISTORY_RANGE", [name], [max(0, int(start_seq)), int(end_seq)], retry=True
+        )
+        decode = self.codec.decode_message
+        return [decode(item[4:]) for item in raw]
 
     async def count_messages(self, ref: SessionRef) -> int:
         await self._ensure()
         name = self._history_key(ref, "h")
-        count: int = await self._run(lambda: self._c.zcard(name), retry=True)
+        count: int = await self._run(lambda: self._c.llen(name), retry=True)
         return count
 
     async def list_summaries(self, ref: SessionRef) -> builtins.list[Summary]:

@@ -48,7 +48,7 @@ end
 
 # The layout version this module writes (see `chatstate.stores.redis`). Stores of an older
 # layout are refused at open() with a message saying what to do, never misread.
-LAYOUT_VERSION = "3"
+LAYOUT_VERSION = "4"
 
 # KEYS: 1 layout marker, 2 aggregates, 3 listing index (of one bucket); ARGV: 1 layout version
 # -> the bucket's layout version: the marker, or '1' for data written before markers existed,
@@ -117,6 +117,57 @@ end
 return 0
 """
 
+# History is a list per session (B:h:<id>), oldest first, of "<seq: 4 bytes big-endian><message
+# in Codec.pack_message's form>": a list costs a few bytes per entry where a sorted set costs
+# about a hundred, and the seq prefix lets a script find a position without decoding messages.
+# Seqs grow along the list. A position is found in one LINDEX when the seqs are contiguous
+# (as the engine writes them), else by binary search (O(log n) LINDEX calls).
+_HISTORY_LUA = """
+local function seq_at(key, i)
+  return struct.unpack('>I4', redis.call('LINDEX', key, i))
+end
+-- the first position whose seq is >= seq (LLEN when there is none)
+local function lower_bound(key, seq)
+  local n = redis.call('LLEN', key)
+  if n == 0 then return 0 end
+  local first = seq_at(key, 0)
+  if seq <= first then return 0 end
+  local guess = seq - first
+  if guess < n and seq_at(key, guess) == seq and seq_at(key, guess - 1) < seq then
+    return guess
+  end
+  local lo, hi = 0, n  -- seq_at(lo - 1) < seq <= seq_at(hi)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if seq_at(key, mid) < seq then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+"""
+
+# KEYS: 1 history; ARGV: 1 limit, 2 before seq ('' = none) -> the entries, oldest first
+HISTORY_TAIL = _HISTORY_LUA + """
+local limit = tonumber(ARGV[1])
+if ARGV[2] == '' then return redis.call('LRANGE', KEYS[1], -limit, -1) end
+local p = lower_bound(KEYS[1], tonumber(ARGV[2]))
+if p == 0 then return {} end
+return redis.call('LRANGE', KEYS[1], math.max(0, p - limit), p - 1)
+"""
+
+# KEYS: 1 history; ARGV: 1 first seq, 2 last seq -> the entries with first <= seq <= last
+HISTORY_RANGE = _HISTORY_LUA + """
+local first, last = tonumber(ARGV[1]), tonumber(ARGV[2])
+if last < first then return {} end
+local p = lower_bound(KEYS[1], first)
+local items = redis.call('LRANGE', KEYS[1], p, p + (last - first))
+local out = {}
+for _, item in ipairs(items) do
+  if struct.unpack('>I4', item) > last then break end
+  out[#out + 1] = item
+end
+return out
+"""
+
 # The hot path of every update, so it is written for the common case: one HMGET and one HSET of
 # the pointer, and an index is written only when it must be (the previous values are the row's
 # own fields: 'la' the listing score, 'wi'/'xi'/'pi' where the session's due entries sit, 'mt'
@@ -150,13 +201,13 @@ return 0
 #          tokens, [field, amount, ...] (the categorical contribution)],
 #       16 canonical key, 17 GC backstop in ms ('0' = none),
 #       18 history: '' = no change, else "<n messages> <n summaries> <drop messages through
-#          ('-' = no)> <drop summaries ('1'|'0')>", 19.. (seq, blob) per message then
-#          (end_seq, blob) per summary
+#          ('-' = no)> <drop summaries ('1'|'0')>", 19.. one history entry per message (see
+#          _HISTORY_LUA), then (end_seq, blob) per summary
 # -> {1, version} committed (or found applied by an earlier attempt of this same call, whose
 #    answer was lost: recognised by its mark, never by content, since another writer may have
 #    committed identical bytes); {0, stored version} version conflict; {-1, stored token}
 #    lease lost
-COMMIT = """
+COMMIT = _HISTORY_LUA + """
 local p = KEYS[1]
 local f = redis.call('HMGET', p, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'la', 'wi', 'xi', 'nm',
   'nd')
@@ -260,24 +311,46 @@ if ARGV[18] ~= '' then
   local history, summaries = B .. ':h:' .. id, B .. ':m:' .. id
   local nm, ns, drop, dropsum = string.match(ARGV[18], '^(%d+) (%d+) (%S+) (%d)$')
   nm, ns = tonumber(nm), tonumber(ns)
-  if drop ~= '-' then redis.call('ZREMRANGEBYSCORE', history, '-inf', drop) end
+  if drop ~= '-' then
+    local keep = lower_bound(history, tonumber(drop) + 1)
+    if keep > 0 then redis.call('LTRIM', history, keep, -1) end
+  end
   if dropsum == '1' then redis.call('DEL', summaries) end
-  -- ZADD (score, member) pairs at most 500 per call: unpack() of a large table overflows
-  -- Lua's C stack, and the script stays one atomic step however many calls it makes.
-  local function zadd_chunked(name, first, count)
-    local done = 0
-    while done < count do
-      local z = {}
-      local last = math.min(count, done + 500) - 1
-      for i = done, last do
-        z[#z + 1] = ARGV[first + 2 * i]; z[#z + 1] = ARGV[first + 2 * i + 1]
+  -- At most 500 values per call: unpack() of a large table overflows Lua's C stack, and the
+  -- script stays one atomic step however many calls it makes.
+  if nm > 0 then
+    local last = redis.call('LINDEX', history, -1)
+    local sorted = not last or struct.unpack('>I4', last) < struct.unpack('>I4', ARGV[19])
+    for i = 1, nm - 1 do
+      if struct.unpack('>I4', ARGV[18 + i]) >= struct.unpack('>I4', ARGV[19 + i]) then
+        sorted = false
       end
-      redis.call('ZADD', name, unpack(z))
-      done = last + 1
+    end
+    local items = {}
+    if not sorted then  -- out of order (the engine never writes so): merge and rewrite
+      items = redis.call('LRANGE', history, 0, -1)
+      redis.call('DEL', history)
+    end
+    for i = 0, nm - 1 do items[#items + 1] = ARGV[19 + i] end
+    if not sorted then
+      for i = 1, #items do items[i] = {struct.unpack('>I4', items[i]), i, items[i]} end
+      table.sort(items, function(x, y)
+        if x[1] ~= y[1] then return x[1] < y[1] end
+        return x[2] < y[2]
+      end)
+      for i = 1, #items do items[i] = items[i][3] end
+    end
+    for first = 1, #items, 500 do
+      redis.call('RPUSH', history, unpack(items, first, math.min(#items, first + 499)))
     end
   end
-  zadd_chunked(history, 19, nm)
-  zadd_chunked(summaries, 19 + 2 * nm, ns)
+  for first = 0, ns - 1, 250 do
+    local z = {}
+    for i = first, math.min(ns, first + 250) - 1 do
+      z[#z + 1] = ARGV[19 + nm + 2 * i]; z[#z + 1] = ARGV[19 + nm + 2 * i + 1]
+    end
+    redis.call('ZADD', summaries, unpack(z))
+  end
 end
 return {1, ARGV[2]}
 """
