@@ -6,6 +6,7 @@ process because importing aiogram (a peer) alone takes seconds."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -96,3 +97,15 @@ def test_the_agent_memory_benchmark_reports_its_figures() -> None:
         assert r["bytes_per_conversation"] > 0 and r["raw_bytes_per_conversation"] > 0
     assert results["chatstate sqlite"]["context_ms"] > 0
     assert "the throughput of agents-sdk SQLiteSession" in done.stderr
+
+
+def test_the_lifecycle_benchmark_expires_every_session_it_seeds() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_lifecycle", "--quick", "--stores", "memory"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in (done.stdout + done.stderr).splitlines() if x.startswith("memory"))
+    fields = dict(re.findall(r"(\w+)=\s*([\d.]+)", line))
+    assert int(fields["sessions"]) == int(fields["expired"]) > 0
+    assert float(fields["p99"]) > 0
