@@ -240,6 +240,7 @@ SEQ_MASK = (1 << SEQ_BITS) - 1
 _SID = "(SELECT sid FROM sessions WHERE id = ?1)"
 
 _encode_json = msgspec.json.encode
+_floor = math.floor
 
 
 def _bucket(at: float | None) -> float | None:
@@ -1149,18 +1150,27 @@ class SQLiteStore(Store):
         flow = record.flow
         usage = record.usage
         labels = record.labels
-        active = record.status is Status.ACTIVE
+        key = record.key
+        parts = key.split(":", 2)  # platform, scope, ids (as record.platform / .scope)
+        last, warn, expire, purge = (
+            record.last_activity, record.warn_at, record.expires_at, record.purge_at
+        )
+        if record.status is not Status.ACTIVE:
+            due_warn = due_expire = None
+        else:
+            due_warn, due_expire = warn, expire
+        # The buckets as `_bucket` computes them, inline (this runs on every commit).
         return (
-            record.id, record.key, record.status.value, record.platform, record.scope,
+            record.id, key, record.status.value, parts[0], parts[1],
             flow.name if flow is not None else None, flow.step if flow is not None else None,
-            record.created_at, record.last_activity, record.expires_at, record.warn_at,
-            record.purge_at, record.close_reason, record.counters.messages,
-            usage.input_tokens + usage.output_tokens,
+            record.created_at, last, expire, warn, purge, record.close_reason,
+            record.counters.messages, usage.input_tokens + usage.output_tokens,
             _encode_json(labels).decode() if labels else "{}", record.version, blob,
-            record.warn_at if active else None, record.expires_at if active else None,
-            record.purge_at, _bucket(record.last_activity),
-            _bucket(record.warn_at) if active else None,
-            _bucket(record.expires_at) if active else None, _bucket(record.purge_at),
+            due_warn, due_expire, purge, _floor(last / BUCKET_SECONDS) * BUCKET_SECONDS,
+            None if due_warn is None else _floor(due_warn / BUCKET_SECONDS) * BUCKET_SECONDS,
+            None if due_expire is None
+            else _floor(due_expire / BUCKET_SECONDS) * BUCKET_SECONDS,
+            None if purge is None else _floor(purge / BUCKET_SECONDS) * BUCKET_SECONDS,
         )
 
     async def delete(self, key: str, session_id: str | None = None) -> bool:
