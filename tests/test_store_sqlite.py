@@ -767,7 +767,8 @@ async def test_keyword_search_through_the_compact_index(tmp_path: Path) -> None:
     try:
         record = new_record("test:user:s", now=T0)
         record.version = 1
-        texts = ["Try gpt-4o tonight", "gpt and 4o apart", "Hello, Berlin!", "hello lisbon"]
+        texts = ["Try gpt-4o tonight", "gpt and 4o apart", "Hello, Berlin!", "hello lisbon",
+                 "Kein Ärger-Frei heute"]
         await store.commit(record, expected=0, history=HistoryChanges(append=[
             Message(role="user", content=text, seq=i + 1) for i, text in enumerate(texts)
         ]))
@@ -782,6 +783,7 @@ async def test_keyword_search_through_the_compact_index(tmp_path: Path) -> None:
         assert await seqs("berl hel") == [3]
         assert await seqs("lis") == [4]
         assert await seqs("bon") == []
+        assert await seqs("ärger-frei") == [5]
         assert [m.content for m in await store.search_messages(ref, "hello", limit=1)] == [
             "hello lisbon"
         ]

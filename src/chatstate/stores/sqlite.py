@@ -240,6 +240,11 @@ SEQ_MASK = (1 << SEQ_BITS) - 1
 _SID = "(SELECT sid FROM sessions WHERE id = ?1)"
 
 _encode_json = msgspec.json.encode
+
+
+def _lower(text: Any) -> Any:
+    return text.lower() if isinstance(text, str) else text
+
 _floor = math.floor
 
 
@@ -744,6 +749,8 @@ class SQLiteStore(Store):
             raise StoreUnavailable(f"cannot open SQLite database {where}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            # Python's case folding (SQLite's lower() knows ASCII only), for keyword search.
+            conn.create_function("chatstate_lower", 1, _lower, deterministic=True)
             self._check_schema(conn, where)
             if self.path != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -1395,7 +1402,8 @@ class SQLiteStore(Store):
         if not terms:
             return await super().search_messages(ref, query, limit)
         sql = _SEARCH.format(
-            "".join(f" AND instr(lower(m.body), ?{4 + i}) > 0" for i in range(len(whole)))
+            "".join(f" AND instr(chatstate_lower(m.body), ?{4 + i}) > 0"
+                    for i in range(len(whole)))
         )
         params = (ref.id, " AND ".join(terms), limit, *whole)
 
