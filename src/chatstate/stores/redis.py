@@ -27,21 +27,24 @@ Data layout, version 3 (P = prefix, B = the session base, K = canonical session 
     B:m:<id>      zset  score end_seq -> summary
     I:due:<kind>  zset  score time -> "K id"      one per kind (warn, expire, purge); lazy:
                         an entry sits at or before the session's due time (see below)
-    I:recent      zset  score -last_activity -> "id K"  listing index, current and replaced:
-                        its natural order is the listing order (newest first, then id)
+    I:recent      zset  score -minute of last_activity -> "id K"  listing index, current and
+                        replaced: its order gives the minutes newest first; a listing sorts
+                        each minute by the exact time (the row's la) and id
     I:agg         hash  field -> count            totals by status/platform/reason/step/label
     I:ids         hash  id -> K                   finds replaced sessions by id
     I:q           list  quarantined records
-    I:layout      string  the layout version ("4")
+    I:layout      string  the layout version ("5")
 
 The current session lives in the pointer hash itself, so an update touches one session key:
 `lease_and_load` is one HMGET and one HSET of B:r, and a commit one HMGET and one HSET of B:r
-plus only the index entries that must change (compared with the row's previous la, wi, xi, pi,
-mt and sums fields, read by that same HMGET). The due index is lazy, as the MemoryStore's: a
+plus only the index entries that must change (compared with the row's previous lg, wi, xi, pi,
+mt and sums fields, read by that same HMGET). The listing index holds minutes, so only the first
+commit of a session in a minute moves its entry; a listing page reads whole minutes (in calls of
+at most SCAN_BUDGET entries) and sorts them exactly, then fetches the page's records. The due index is lazy, as the MemoryStore's: a
 commit whose due time moved later (a sliding idle deadline, every message) leaves the entry
 where it is, and `claim_due` moves an early entry to the real time instead of handing it out.
 Lease times are fixed-width microsecond strings, compared as strings by the scripts. Layouts 1
-to 3 are refused at `open()` with a ConfigurationError: start on an empty prefix.
+to 4 are refused at `open()` with a ConfigurationError: start on an empty prefix.
 
 Standalone Redis: B = ``P:{K}`` and I = ``P`` (one global index of each kind). Every script
 touches the session's keys and the global index keys together, atomically.
@@ -167,6 +170,14 @@ def _history_entry(seq: int, packed: bytes) -> bytes:
     if not 0 <= seq < 1 << 32:
         raise InvalidDataError(f"message seq {seq} is out of range (0 .. 2**32 - 1)")
     return seq.to_bytes(4, "big") + packed
+
+
+LISTING_GROUP = 60  # seconds: the listing index holds a session at its minute
+
+
+def _listing_group(last_activity: float) -> int:
+    """The listing index's score of a time: -floor(t / LISTING_GROUP) (newest first)."""
+    return -math.floor(last_activity / LISTING_GROUP)
 
 
 def _text(value: bytes | str) -> str:
@@ -455,7 +466,7 @@ class RedisStore(Store):
         scripts = {
             name: client.register_script(getattr(lua, name))
             for name in ("LEASE_AND_LOAD", "RENEW", "RELEASE", "COMMIT", "REMOVE", "HISTORY_TAIL",
-                         "HISTORY_RANGE", "CLAIM_DUE", "SCAN", "PUT_RAW", "LAYOUT")
+                         "HISTORY_RANGE", "CLAIM_DUE", "SCAN", "FETCH", "PUT_RAW", "LAYOUT")
         }
         self._client, self._scripts = client, scripts
         try:
@@ -622,7 +633,7 @@ class RedisStore(Store):
         args: list[Any] = [
             expected, record.version, sid, blob, os.urandom(12).hex(),
             lease.owner if lease else "", lease.token if lease else 0, _us(now),
-            "1" if release else "0", _float(-last_activity),
+            "1" if release else "0", _float(-last_activity), _listing_group(last_activity),
             "" if warn is None else _float(warn), "" if expires is None else _float(expires),
             record.counters.messages, round(max(0.0, last_activity - created_at) * 1000),
             _Contribution.meta(record, purge, gc_ms > 0), key, gc_ms, spec,
@@ -706,27 +717,34 @@ class RedisStore(Store):
 
     async def _scan(
         self, bucket: int, filter: SessionFilter, mode: str, want: int,
-        start: tuple[str, str] | None,
-    ) -> tuple[bool, tuple[str, str], list[Any]]:
+        position: tuple[str, str] | None, cursor: tuple[str, str] | None = None,
+    ) -> tuple[str, tuple[str, str], list[Any]]:
+        """One SCAN call (see redis_scripts.SCAN): (state, position to continue from, rows)."""
         head, tail, pointer_tail = self.layout.row_head_tail(bucket)
-        # Scores are -last_activity: updated_before bounds them from below (exclusive),
-        # updated_since from above (inclusive).
-        before = filter.updated_before
-        min_score = "-inf" if before is None else f"({_float(-before)}"
-        after = ""
-        if start is not None:
-            min_score, after = start
-        max_score = "+inf" if filter.updated_since is None else _float(-filter.updated_since)
+        # Index scores are listing groups, -floor(last_activity / G): updated_before and a
+        # cursor bound them from below, updated_since from above (the exact bounds on 'la'
+        # are checked by the script).
+        before, since = filter.updated_before, filter.updated_since
+        if position is not None:
+            min_score, after = position
+        else:
+            lows = []
+            if before is not None:
+                lows.append(_listing_group(before))
+            if cursor is not None:
+                lows.append(_listing_group(-float(cursor[0])))
+            min_score, after = (str(max(lows)) if lows else "-inf"), ""
+        max_score = "+inf" if since is None else str(_listing_group(since))
         args = [
             min_score, after, max_score, SCAN_BUDGET, want, mode, head, tail,
             *(getattr(filter, name) or "" for name in _FILTER_FIELDS), pointer_tail,
+            "" if before is None else _float(-before), "" if since is None else _float(-since),
+            *(cursor if cursor is not None else ("", "")),
         ]
         result = await self._script(
             "SCAN", [self.layout.index(bucket, "recent")], args, retry=True
         )
-        done = _text(result[0]) == "1"
-        last = (_text(result[1]), _text(result[2]))
-        return done, last, result[3:]
+        return _text(result[0]), (_text(result[1]), _text(result[2])), result[3:]
 
     async def list(
         self, filter: SessionFilter | None = None, *, limit: int = 100, cursor: str | None = None
@@ -735,26 +753,31 @@ class RedisStore(Store):
             return Page(items=[], next_cursor=cursor)
         flt = filter or SessionFilter()
         start = _decode_cursor(cursor) if cursor else None
-        # Each bucket yields its matches in listing order (score = -last_activity, then the
-        # member "id K"); merge them and keep the first `limit`.
-        matches: list[tuple[float, str, bytes]] = []
-        more = False
+        # Each bucket yields whole listing groups (minutes) until it has limit + 1 matches;
+        # every match of a bucket that was not returned sorts after those returned, so the
+        # first `limit` of the merged, exactly sorted matches are the page.
+        matches: list[tuple[float, str, int]] = []
         for bucket in self.layout.all_buckets:
-            position, got = start, 0
-            while got < limit + 1:
-                done, last, rows = await self._scan(bucket, flt, "list", limit + 1 - got, position)
-                for i in range(0, len(rows), 3):
-                    matches.append((float(rows[i + 1]), _text(rows[i]), rows[i + 2]))
+            position: tuple[str, str] | None = None
+            got = 0
+            while True:
+                state, last, rows = await self._scan(
+                    bucket, flt, "list", max(0, limit + 1 - got), position, start
+                )
+                for i in range(0, len(rows), 2):
+                    matches.append((float(rows[i + 1]), _text(rows[i]), bucket))
                     got += 1
-                if done:
+                if state != "2":
                     break
                 position = last
         matches.sort(key=lambda m: (m[0], m[1]))
-        if len(matches) > limit:
-            more = True
-            matches = matches[:limit]
+        more = len(matches) > limit
+        matches = matches[:limit]
+        blobs: builtins.list[bytes | None] = await self._fetch(matches)
         items: list[SessionRecord] = []
-        for _score, member, blob in matches:
+        for (_score, member, _bucket), blob in zip(matches, blobs, strict=True):
+            if blob is None:
+                continue  # deleted since it was listed
             try:
                 items.append(self.codec.decode(blob, member.partition(" ")[2]))
             except CorruptRecordError:
@@ -764,6 +787,21 @@ class RedisStore(Store):
             score, member, _ = matches[-1]
             next_cursor = _encode_cursor(_float(score), member)
         return Page(items=items, next_cursor=next_cursor)
+
+    async def _fetch(
+        self, matches: builtins.list[tuple[float, str, int]]
+    ) -> builtins.list[bytes | None]:
+        """The records of listed sessions, one FETCH call per bucket."""
+        found: dict[str, bytes | None] = {}
+        for bucket in sorted({m[2] for m in matches}):
+            members = [m[1] for m in matches if m[2] == bucket]
+            head, tail, pointer_tail = self.layout.row_head_tail(bucket)
+            blobs = await self._script(
+                "FETCH", [self.layout.index(bucket, "recent")],
+                [head, tail, pointer_tail, *members], retry=True,
+            )
+            found.update(zip(members, blobs, strict=True))
+        return [found[m[1]] for m in matches]
 
     async def _aggregate(self, filter: SessionFilter | None) -> dict[str, int]:
         await self._ensure()
@@ -778,11 +816,11 @@ class RedisStore(Store):
         for bucket in self.layout.all_buckets:
             position = None
             while True:
-                done, last, flat = await self._scan(bucket, filter, "agg", 1 << 30, position)
+                state, last, flat = await self._scan(bucket, filter, "agg", 1 << 30, position)
                 for i in range(0, len(flat), 2):
                     field = _text(flat[i])
                     totals[field] = totals.get(field, 0) + int(flat[i + 1])
-                if done:
+                if state != "2":
                     break
                 position = last
         return totals

@@ -48,7 +48,7 @@ end
 
 # The layout version this module writes (see `chatstate.stores.redis`). Stores of an older
 # layout are refused at open() with a message saying what to do, never misread.
-LAYOUT_VERSION = "4"
+LAYOUT_VERSION = "5"
 
 # KEYS: 1 layout marker, 2 aggregates, 3 listing index (of one bucket); ARGV: 1 layout version
 # -> the bucket's layout version: the marker, or '1' for data written before markers existed,
@@ -67,7 +67,7 @@ return ARGV[1]
 # value changed). A replaced session's row moves to B:s:<id>.
 ROW_FIELDS = (
     "b", "v", "ag", "st", "fl", "sp", "gc", "nm", "nk", "nd", "c", "w", "x", "p", "la", "mt",
-    "wi", "xi", "pi",
+    "wi", "xi", "pi", "lg",
 )
 _ROW_FIELDS_LUA = ", ".join(f"'{name}'" for name in ROW_FIELDS)
 
@@ -170,8 +170,9 @@ return out
 
 # The hot path of every update, so it is written for the common case: one HMGET and one HSET of
 # the pointer, and an index is written only when it must be (the previous values are the row's
-# own fields: 'la' the listing score, 'wi'/'xi'/'pi' where the session's due entries sit, 'mt'
-# and the sums the aggregate contribution).
+# own fields: 'lg' the listing group, 'wi'/'xi'/'pi' where the session's due entries sit, 'mt'
+# and the sums the aggregate contribution). The listing index holds a session at its minute
+# ('lg'), so only the first commit of a minute moves its entry; 'la' holds the exact time.
 #
 # The due index is lazy, as in the MemoryStore: a session's entry of one kind sits at or before
 # its real due time ('w', 'x', 'p'), at the position its 'wi'/'xi'/'pi' field names. A commit
@@ -195,13 +196,14 @@ return out
 # ARGV: 1 expected version (the stored one, '0' = none), 2 new version, 3 id, 4 blob,
 #       5 commit mark (random, the same for every attempt of one commit() call),
 #       6 lease owner ('' = no lease), 7 lease token, 8 now (microseconds, as lease times),
-#       9 release ('1'), 10 listing score (-last_activity), 11 warn due, 12 expire due
-#       ('' = none), 13 messages handled, 14 duration (ms),
-#       15 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
+#       9 release ('1'), 10 -last_activity (exact, 'la'), 11 listing group (the listing
+#       index's score, see SCAN), 12 warn due, 13 expire due ('' = none), 14 messages handled,
+#       15 duration (ms),
+#       16 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
 #          tokens, [field, amount, ...] (the categorical contribution)],
-#       16 canonical key, 17 GC backstop in ms ('0' = none),
-#       18 history: '' = no change, else "<n messages> <n summaries> <drop messages through
-#          ('-' = no)> <drop summaries ('1'|'0')>", 19.. one history entry per message (see
+#       17 canonical key, 18 GC backstop in ms ('0' = none),
+#       19 history: '' = no change, else "<n messages> <n summaries> <drop messages through
+#          ('-' = no)> <drop summaries ('1'|'0')>", 20.. one history entry per message (see
 #          _HISTORY_LUA), then (end_seq, blob) per summary
 # -> {1, version} committed (or found applied by an earlier attempt of this same call, whose
 #    answer was lost: recognised by its mark, never by content, since another writer may have
@@ -209,7 +211,7 @@ return out
 #    lease lost
 COMMIT = _HISTORY_LUA + """
 local p = KEYS[1]
-local f = redis.call('HMGET', p, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'la', 'wi', 'xi', 'nm',
+local f = redis.call('HMGET', p, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'lg', 'wi', 'xi', 'nm',
   'nd')
 local id = ARGV[3]
 if f[1] == ARGV[2] and f[2] == id and f[6] == ARGV[5] then return {1, ARGV[2]} end
@@ -217,7 +219,7 @@ if ARGV[6] ~= '' and (f[3] ~= ARGV[6] or f[4] ~= ARGV[7] or (f[5] or '') <= ARGV
   return {-1, f[4] or '0'}
 end
 if (f[1] or '0') ~= ARGV[1] then return {0, f[1] or '0'} end
-local B, I, key, meta = KEYS[3], KEYS[4], ARGV[16], ARGV[15]
+local B, I, key, meta = KEYS[3], KEYS[4], ARGV[17], ARGV[16]
 local old, rare = f, nil  -- rare: the previous ag, gc, pi, nk (read only when meta changed)
 local fresh = f[2] ~= id
 if fresh then
@@ -236,38 +238,39 @@ if fresh then
   -- A row already stored under this id (a replaced session committed again) moves into the
   -- pointer: its contribution and due entries are the ones this commit replaces.
   local name = B .. ':s:' .. id
-  old = redis.call('HMGET', name, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'la', 'wi', 'xi', 'nm',
+  old = redis.call('HMGET', name, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'lg', 'wi', 'xi', 'nm',
     'nd', 'ag', 'gc', 'pi', 'nk')
   rare = {old[13], old[14], old[15], old[16]}
   if old[1] then redis.call('DEL', name) end
   redis.call('HSET', I .. 'ids', id, key)
 end
-local d = ARGV[13] - (old[11] or 0)
+local d = ARGV[14] - (old[11] or 0)
 if d ~= 0 then redis.call('HINCRBY', I .. 'agg', 'm', string.format('%d', d)) end
-d = ARGV[14] - (old[12] or 0)
+d = ARGV[15] - (old[12] or 0)
 if d ~= 0 then redis.call('HINCRBY', I .. 'agg', 'd', string.format('%d', d)) end
 local member
-local wi, at = old[9] or '', ARGV[11]
+local wi, at = old[9] or '', ARGV[12]
 if at ~= '' and (wi == '' or tonumber(wi) > tonumber(at)) then
   member = key .. ' ' .. id
   redis.call('ZADD', I .. 'due:warn', at, member)
   wi = at
 end
 local xi = old[10] or ''
-at = ARGV[12]
+at = ARGV[13]
 if at ~= '' and (xi == '' or tonumber(xi) > tonumber(at)) then
   member = member or (key .. ' ' .. id)
   redis.call('ZADD', I .. 'due:expire', at, member)
   xi = at
 end
 if ARGV[9] == '1' and ARGV[6] ~= '' then
-  redis.call('HSET', p, 'v', ARGV[2], 'b', ARGV[4], 'c', ARGV[5], 'la', ARGV[10], 'w', ARGV[11],
-    'x', ARGV[12], 'wi', wi, 'xi', xi, 'nm', ARGV[13], 'nd', ARGV[14], 'o', '', 'e', '0')
+  redis.call('HSET', p, 'v', ARGV[2], 'b', ARGV[4], 'c', ARGV[5], 'la', ARGV[10], 'w', ARGV[12],
+    'x', ARGV[13], 'wi', wi, 'xi', xi, 'nm', ARGV[14], 'nd', ARGV[15], 'lg', ARGV[11], 'o', '',
+    'e', '0')
 else
-  redis.call('HSET', p, 'v', ARGV[2], 'b', ARGV[4], 'c', ARGV[5], 'la', ARGV[10], 'w', ARGV[11],
-    'x', ARGV[12], 'wi', wi, 'xi', xi, 'nm', ARGV[13], 'nd', ARGV[14])
+  redis.call('HSET', p, 'v', ARGV[2], 'b', ARGV[4], 'c', ARGV[5], 'la', ARGV[10], 'w', ARGV[12],
+    'x', ARGV[13], 'wi', wi, 'xi', xi, 'nm', ARGV[14], 'nd', ARGV[15], 'lg', ARGV[11])
 end
-if ARGV[10] ~= old[8] then redis.call('ZADD', KEYS[2], ARGV[10], id .. ' ' .. key) end
+if ARGV[11] ~= old[8] then redis.call('ZADD', KEYS[2], ARGV[11], id .. ' ' .. key) end
 if fresh or old[7] ~= meta then
   if not rare then rare = redis.call('HMGET', p, 'ag', 'gc', 'pi', 'nk') end
   local agg = I .. 'agg'
@@ -302,14 +305,14 @@ if fresh or old[7] ~= meta then
     redis.call('PERSIST', p)  -- a pointer created by a lease had a backstop expiry
   end
 end
-if ARGV[17] ~= '0' then
-  redis.call('PEXPIRE', p, ARGV[17])
-  redis.call('PEXPIRE', B .. ':h:' .. id, ARGV[17])
-  redis.call('PEXPIRE', B .. ':m:' .. id, ARGV[17])
+if ARGV[18] ~= '0' then
+  redis.call('PEXPIRE', p, ARGV[18])
+  redis.call('PEXPIRE', B .. ':h:' .. id, ARGV[18])
+  redis.call('PEXPIRE', B .. ':m:' .. id, ARGV[18])
 end
-if ARGV[18] ~= '' then
+if ARGV[19] ~= '' then
   local history, summaries = B .. ':h:' .. id, B .. ':m:' .. id
-  local nm, ns, drop, dropsum = string.match(ARGV[18], '^(%d+) (%d+) (%S+) (%d)$')
+  local nm, ns, drop, dropsum = string.match(ARGV[19], '^(%d+) (%d+) (%S+) (%d)$')
   nm, ns = tonumber(nm), tonumber(ns)
   if drop ~= '-' then
     local keep = lower_bound(history, tonumber(drop) + 1)
@@ -320,9 +323,9 @@ if ARGV[18] ~= '' then
   -- script stays one atomic step however many calls it makes.
   if nm > 0 then
     local last = redis.call('LINDEX', history, -1)
-    local sorted = not last or struct.unpack('>I4', last) < struct.unpack('>I4', ARGV[19])
+    local sorted = not last or struct.unpack('>I4', last) < struct.unpack('>I4', ARGV[20])
     for i = 1, nm - 1 do
-      if struct.unpack('>I4', ARGV[18 + i]) >= struct.unpack('>I4', ARGV[19 + i]) then
+      if struct.unpack('>I4', ARGV[19 + i]) >= struct.unpack('>I4', ARGV[20 + i]) then
         sorted = false
       end
     end
@@ -331,7 +334,7 @@ if ARGV[18] ~= '' then
       items = redis.call('LRANGE', history, 0, -1)
       redis.call('DEL', history)
     end
-    for i = 0, nm - 1 do items[#items + 1] = ARGV[19 + i] end
+    for i = 0, nm - 1 do items[#items + 1] = ARGV[20 + i] end
     if not sorted then
       for i = 1, #items do items[i] = {struct.unpack('>I4', items[i]), i, items[i]} end
       table.sort(items, function(x, y)
@@ -347,7 +350,7 @@ if ARGV[18] ~= '' then
   for first = 0, ns - 1, 250 do
     local z = {}
     for i = first, math.min(ns, first + 250) - 1 do
-      z[#z + 1] = ARGV[19 + nm + 2 * i]; z[#z + 1] = ARGV[19 + nm + 2 * i + 1]
+      z[#z + 1] = ARGV[20 + nm + 2 * i]; z[#z + 1] = ARGV[20 + nm + 2 * i + 1]
     end
     redis.call('ZADD', summaries, unpack(z))
   end
@@ -458,40 +461,55 @@ until #items == 0 or n >= want or budget <= 0 or claimed <= now
 return out
 """
 
-# Walks one listing index in listing order from a cursor, server side, and keeps the entries
-# that match the filters. The index scores are -last_activity and its members "id K", so its
-# natural order (score, then member bytes) is the listing order: last_activity descending, then
-# id ascending (a space sorts before every character of an id). Rows are read from keys built
-# from the member (they are in the same slot as the index, see the layout notes): the pointer
-# first (it holds the current session's row), then the row of a replaced session.
+# Walks one listing index from a position, server side, and keeps the entries that match the
+# filters. The index scores are listing groups, -floor(last_activity / 60): the index gives the
+# minutes newest first, and within a minute the exact order (-last_activity, then the member
+# "id K") is made by the client, which therefore always asks for whole groups: once `want`
+# matches are found, the walk goes on to the end of the current group and stops before the
+# next one. The exact time ('la', -last_activity) filters updated_since / updated_before and
+# the listing cursor. Rows are read from keys built from the member (they are in the same slot
+# as the index, see the layout notes): the pointer first (it holds the current session's row),
+# then the row of a replaced session. At most `budget` entries are examined per call.
 # KEYS: 1 listing index
-# ARGV: 1 min score ('-inf', a score, or '(' score; with a cursor: the cursor's score),
-#       2 cursor member ('' = none; skip members <= it at the cursor's score), 3 max score
-#       ('+inf' or a score), 4 entries to examine at most, 5 matches wanted,
+# ARGV: 1 min score ('-inf' or a group), 2 continue after this member at the min score ('' =
+#       the whole min group), 3 max score ('+inf' or a group), 4 budget, 5 matches wanted,
 #       6 mode ('list' | 'agg'), 7 row key head, 8 row key tail,
 #       9 status, 10 platform, 11 scope, 12 flow, 13 step, 14 key prefix ('' = any),
-#       15 pointer key tail (pointer key = head .. key .. tail)
-# -> {done ('1'|'0'), last score, last member, then per match:
-#     list mode: member, score, blob; agg mode: nothing (aggregates follow as field, amount)}
+#       15 pointer key tail (pointer key = head .. key .. tail),
+#       16 exclusive lower bound of -last_activity ('' = none; updated_before),
+#       17 inclusive upper bound of -last_activity ('' = none; updated_since),
+#       18 cursor -last_activity and 19 cursor member ('' = none): only entries after it in
+#       listing order
+# -> {state, last score, last member, then per match:
+#     list mode: member, -last_activity; agg mode: nothing (aggregates follow as field, amount)}
+#    state '1': the end of the range; '0': stopped before a new group with `want` matches;
+#    '2': the budget ran out (continue after the last member).
 SCAN = """
 local min, after, max = ARGV[1], ARGV[2], ARGV[3]
 local budget, want, mode = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local status, platform, scope = ARGV[9], ARGV[10], ARGV[11]
 local flow, step, kp = ARGV[12], ARGV[13], ARGV[14]
+local low, high = tonumber(ARGV[16]), tonumber(ARGV[17])
+local cs, cm = tonumber(ARGV[18]), ARGV[19]
 local out, agg = {}, {}
-local fields = {'st', 'fl', 'sp', 'b'}
-if mode ~= 'list' then fields = {'st', 'fl', 'sp', 'ag', 'nm', 'nk', 'nd'} end
+local fields = {'st', 'fl', 'sp', 'la'}
+if mode ~= 'list' then fields = {'st', 'fl', 'sp', 'la', 'ag', 'nm', 'nk', 'nd'} end
 local found, examined, offset = 0, 0, 0
 local last_score, last_member = min, after
-local done = '1'
-while true do
+local group = nil
+if after ~= '' then group = tonumber(min) end
+local state = '1'
+while state == '1' do
   local chunk = redis.call('ZRANGEBYSCORE', KEYS[1], min, max, 'WITHSCORES',
     'LIMIT', offset, 200)
   if #chunk == 0 then break end
   offset = offset + #chunk / 2
   for i = 1, #chunk, 2 do
     local member, score = chunk[i], chunk[i + 1]
-    if after == '' or tonumber(score) > tonumber(min) or member > after then
+    local g = tonumber(score)
+    if after == '' or g > tonumber(min) or member > after then
+      if found >= want and group and g ~= group then state = '0'; break end
+      group = g
       examined = examined + 1
       last_score, last_member = score, member
       local sp = string.find(member, ' ', 1, true)
@@ -508,30 +526,49 @@ while true do
         if f[1] ~= id then
           f = redis.call('HMGET', ARGV[7] .. key .. ARGV[8] .. id, 'id', unpack(fields))
         end
-        if not f[5] then ok = false
+        local la = tonumber(f[5])
+        if not la then ok = false
         elseif status ~= '' and f[2] ~= status then ok = false
         elseif flow ~= '' and f[3] ~= flow then ok = false
-        elseif step ~= '' and f[4] ~= step then ok = false end
+        elseif step ~= '' and f[4] ~= step then ok = false
+        elseif low and la <= low then ok = false
+        elseif high and la > high then ok = false
+        elseif cs and (la < cs or (la == cs and member <= cm)) then ok = false end
         if ok then
           found = found + 1
           if mode == 'list' then
-            out[#out + 1] = member; out[#out + 1] = score; out[#out + 1] = f[5]
+            out[#out + 1] = member; out[#out + 1] = f[5]
           else
-            local a = cjson.decode(f[5])
+            local a = cjson.decode(f[6])
             for j = 1, #a, 2 do agg[a[j]] = (agg[a[j]] or 0) + a[j + 1] end
-            agg['m'] = (agg['m'] or 0) + (tonumber(f[6]) or 0)
-            agg['k'] = (agg['k'] or 0) + (tonumber(f[7]) or 0)
-            agg['d'] = (agg['d'] or 0) + (tonumber(f[8]) or 0)
+            agg['m'] = (agg['m'] or 0) + (tonumber(f[7]) or 0)
+            agg['k'] = (agg['k'] or 0) + (tonumber(f[8]) or 0)
+            agg['d'] = (agg['d'] or 0) + (tonumber(f[9]) or 0)
           end
         end
       end
-      if found >= want or examined >= budget then done = '0'; break end
+      if examined >= budget then state = '2'; break end
     end
   end
-  if done == '0' then break end
 end
-local res = {done, last_score, last_member}
+local res = {state, last_score, last_member}
 for _, v in ipairs(out) do res[#res + 1] = v end
 for k, v in pairs(agg) do res[#res + 1] = k; res[#res + 1] = string.format('%d', v) end
 return res
+"""
+
+# The records of listed sessions, by listing member "id K" (rows found as SCAN finds them).
+# KEYS: 1 listing index (names the slot); ARGV: 1 row key head, 2 row key tail, 3 pointer key
+# tail, 4.. members -> one blob (or nil, when the session is gone) per member
+FETCH = """
+local out = {}
+for i = 4, #ARGV do
+  local member = ARGV[i]
+  local sp = string.find(member, ' ', 1, true)
+  local id, key = string.sub(member, 1, sp - 1), string.sub(member, sp + 1)
+  local f = redis.call('HMGET', ARGV[1] .. key .. ARGV[3], 'id', 'b')
+  if f[1] ~= id then f = {id, redis.call('HGET', ARGV[1] .. key .. ARGV[2] .. id, 'b')} end
+  out[#out + 1] = f[2]
+end
+return out
 """
