@@ -887,3 +887,28 @@ async def test_small_history_reads_run_on_the_loop_and_large_ones_in_the_worker(
         assert hops == 0
     finally:
         await store.close()
+
+
+async def test_the_write_ahead_log_stays_bounded_under_concurrent_updates(tmp_path: Path) -> None:
+    """64 updates at a time keep a write transaction open on the loop almost always; the
+    checkpoint must still get its turn, or the -wal file grows with every transaction."""
+    from chatstate.stores.sqlite import WAL_SIZE_LIMIT
+
+    path = tmp_path / "busy64.db"
+    store = await _store(path)
+    try:
+        pad = "x" * 1500  # about two sessions per page: each transaction writes ~32 pages
+
+        async def writer(i: int) -> None:
+            record = new_record(f"test:user:w{i}", now=T0)
+            for version in range(1, 401):
+                record = msgspec.structs.replace(
+                    record, version=version, data={"n": version, "pad": pad})
+                await store.commit(record, expected=version - 1)
+
+        await asyncio.gather(*(writer(i) for i in range(64)))
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        # A checkpoint after about CHECKPOINT_FRAMES pages (4 MB): far below the limit.
+        assert wal < WAL_SIZE_LIMIT // 2, f"the WAL grew to {wal} bytes"
+    finally:
+        await store.close()

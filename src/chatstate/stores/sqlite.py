@@ -923,6 +923,7 @@ class SQLiteStore(Store):
             or conn is None
             or not self._loop_writes
             or self._writes_pending
+            or self._checkpointing  # the loop's writes would starve it: queue behind it
             or loop is not asyncio.get_running_loop()
         ):
             return await self._run(fn, write=True)
@@ -985,7 +986,10 @@ class SQLiteStore(Store):
         return self._loop_tx_alone if conn is self._reader else _alone(lock_fd)
 
     def _request_checkpoint(self) -> None:
-        """Copy the log into the database in the worker (the loop's connection never does)."""
+        """Copy the log into the database in the worker (the loop's connection never does).
+        Asked between two of the loop's transactions; until it is done, the loop begins no
+        other (its writes queue behind it in the worker): a transaction open on the loop from
+        one iteration to the next would keep it waiting for the write lock indefinitely."""
         worker, loop = self._worker, self._reader_loop
         if worker is None or loop is None:
             return
