@@ -912,3 +912,38 @@ async def test_the_write_ahead_log_stays_bounded_under_concurrent_updates(tmp_pa
         assert wal < WAL_SIZE_LIMIT // 2, f"the WAL grew to {wal} bytes"
     finally:
         await store.close()
+
+
+async def test_writes_wait_for_a_checkpoint_on_the_loop_without_a_thread_hop(
+    tmp_path: Path,
+) -> None:
+    store = await _store(tmp_path / "wait.db")
+    hops = checkpoints = 0
+    run, request = store._run, store._request_checkpoint
+
+    async def counting_run(fn, *, write=False):  # type: ignore[no-untyped-def]
+        nonlocal hops
+        hops += write
+        return await run(fn, write=write)
+
+    def counting_request() -> None:
+        nonlocal checkpoints
+        checkpoints += 1
+        request()
+
+    store._run = counting_run  # type: ignore[method-assign]
+    store._request_checkpoint = counting_request  # type: ignore[method-assign]
+    try:
+
+        async def writer(i: int) -> None:
+            record = new_record(f"test:user:k{i}", now=T0)
+            for version in range(1, 101):
+                record.version = version
+                await store.commit(record, expected=version - 1)
+
+        await asyncio.gather(*(writer(i) for i in range(64)))
+        assert checkpoints >= 2
+        assert hops == 0
+        assert (await store.load("test:user:k7")).version == 100  # type: ignore[union-attr]
+    finally:
+        await store.close()

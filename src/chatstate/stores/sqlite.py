@@ -592,6 +592,7 @@ class SQLiteStore(Store):
         self._loop_commits = 0  # units (see CHECKPOINT_FRAMES) since the last checkpoint
         self._checkpoint_every = CHECKPOINT_EVERY
         self._checkpointing = False
+        self._checkpoint_wait: asyncio.Future[None] | None = None  # done with the checkpoint
 
     @property
     def url(self) -> str:
@@ -702,6 +703,8 @@ class SQLiteStore(Store):
             os.close(lock_fd)  # other stores see it at once (leases again only if needed)
         worker.jobs.put(None)
         await asyncio.get_running_loop().run_in_executor(None, worker.join, 10.0)
+        self._checkpointing = False
+        self._release_checkpoint_wait()
 
     def _connect_job(
         self, worker: _Worker
@@ -917,13 +920,19 @@ class SQLiteStore(Store):
         alone; one that fails otherwise, perhaps halfway, rolls the transaction back: after a
         database error every write in it fails, after any other error the others run again."""
         loop = self._reader_loop
+        wait = self._checkpoint_wait
+        while wait is not None and loop is asyncio.get_running_loop():
+            # A checkpoint needs the write lock, which the loop's transactions would keep
+            # from it: wait for it here (on the loop, no thread hop), then write together.
+            await asyncio.shield(wait)
+            loop, wait = self._reader_loop, self._checkpoint_wait
         conn = self._reader
         if (
             loop is None
             or conn is None
             or not self._loop_writes
             or self._writes_pending
-            or self._checkpointing  # the loop's writes would starve it: queue behind it
+            or self._checkpointing
             or loop is not asyncio.get_running_loop()
         ):
             return await self._run(fn, write=True)
@@ -988,17 +997,19 @@ class SQLiteStore(Store):
     def _request_checkpoint(self) -> None:
         """Copy the log into the database in the worker (the loop's connection never does).
         Asked between two of the loop's transactions; until it is done, the loop begins no
-        other (its writes queue behind it in the worker): a transaction open on the loop from
-        one iteration to the next would keep it waiting for the write lock indefinitely."""
+        other (its writes wait for it, see `_write`): a transaction open on the loop from one
+        iteration to the next would keep it waiting for the write lock indefinitely."""
         worker, loop = self._worker, self._reader_loop
         if worker is None or loop is None:
             return
         self._checkpointing = True
+        self._checkpoint_wait = loop.create_future()
         units, self._loop_commits = self._loop_commits, 0
         future: asyncio.Future[Any] = loop.create_future()
 
         def done(f: asyncio.Future[Any]) -> None:
             self._checkpointing = False
+            self._release_checkpoint_wait()
             if f.cancelled():
                 return
             if f.exception() is not None:
@@ -1015,6 +1026,11 @@ class SQLiteStore(Store):
 
         future.add_done_callback(done)
         worker.jobs.put(_Job(_checkpoint, False, future, loop))
+
+    def _release_checkpoint_wait(self) -> None:
+        wait, self._checkpoint_wait = self._checkpoint_wait, None
+        if wait is not None and not wait.done():
+            wait.set_result(None)
 
     def _decode(self, raw: bytes, key: str) -> SessionRecord:
         try:
