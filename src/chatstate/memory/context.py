@@ -133,7 +133,7 @@ async def assemble(
         await newest_first.aclose()  # stop paging the store as soon as the budget is full
     builder.settle_summaries()
     kept = builder.kept
-    left = builder.left_out(pending_messages)
+    left = builder.left_out(pending_messages, kept)
     tokens = system_tokens + priming + builder.used
     return Context(
         system=system,
@@ -160,7 +160,7 @@ class _Builder:
         self.summaries = summaries
         self.allow_partial = partial
         self.used = 0
-        self.turns: list[list[Message]] = []  # newest first, each oldest first
+        self.turns: list[list[Message]] = []  # newest first, each newest first too
         self.included_summaries: list[Summary] = []
         self.summaries_settled = not summaries
         self.partial = False
@@ -169,26 +169,27 @@ class _Builder:
     def take(self, turn_newest_first: list[Message], cost: int) -> bool:
         """Admit one whole turn of `cost` prompt tokens; False when it does not fit (reading
         stops there)."""
-        turn = turn_newest_first[::-1]
+        turn = turn_newest_first
         if not self.turns and not self.partial:
             if cost > self.available:
                 if not self.allow_partial:
                     raise ContextOverflow(cost, self.available, "the newest turn")
-                self._take_partial(turn)
+                self._take_partial(turn[::-1])
                 return False
             self.used += cost
             self.turns.append(turn)
             self.settle_summaries()
             return True
         if self.used + cost > self.available:
-            self.stopped_at = turn[-1].seq
+            self.stopped_at = turn[0].seq
             return False
         self.used += cost
         self.turns.append(turn)
         return True
 
     def _take_partial(self, turn: list[Message]) -> None:
-        """Keep the newest whole tool-call groups of a turn larger than the budget."""
+        """Keep the newest whole tool-call groups of a turn (oldest first) larger than the
+        budget."""
         kept: list[list[Message]] = []
         for group in reversed(split_groups(turn)):
             cost = sum(self.counter.count_message(m) for m in group)
@@ -199,7 +200,7 @@ class _Builder:
         self.partial = True
         messages = [m for group in reversed(kept) for m in group]
         if messages:
-            self.turns.append(messages)
+            self.turns.append(messages[::-1])
         dropped = [m for m in turn if not messages or m.seq < messages[0].seq]
         self.stopped_at = dropped[-1].seq if dropped else None
         self.summaries_settled = True  # no room for them either
@@ -215,14 +216,14 @@ class _Builder:
 
     @property
     def kept(self) -> list[Message]:
-        return [m for turn in reversed(self.turns) for m in turn]
+        """The admitted messages, oldest first."""
+        return [m for turn in reversed(self.turns) for m in reversed(turn)]
 
-    def left_out(self, pending_messages: int | None) -> LeftOut:
+    def left_out(self, pending_messages: int | None, kept: list[Message]) -> LeftOut:
         omitted_summaries = len(self.summaries) - len(self.included_summaries)
         if self.stopped_at is None:
             return LeftOut(messages=0, summaries=omitted_summaries)
         covered = max((s.end_seq for s in self.summaries), default=0)
-        kept = self.kept
         count = None if pending_messages is None else max(0, pending_messages - len(kept))
         return LeftOut(
             messages=count,
