@@ -40,11 +40,12 @@ The current session lives in the pointer hash itself, so an update touches one s
 plus only the index entries that must change (compared with the row's previous lg, wi, xi, pi,
 mt and sums fields, read by that same HMGET). The listing index holds minutes, so only the first
 commit of a session in a minute moves its entry; a listing page reads whole minutes (in calls of
-at most SCAN_BUDGET entries) and sorts them exactly, then fetches the page's records. The due index is lazy, as the MemoryStore's: a
-commit whose due time moved later (a sliding idle deadline, every message) leaves the entry
-where it is, and `claim_due` moves an early entry to the real time instead of handing it out.
-Lease times are fixed-width microsecond strings, compared as strings by the scripts. Layouts 1
-to 4 are refused at `open()` with a ConfigurationError: start on an empty prefix.
+at most SCAN_BUDGET entries) and sorts them exactly, then fetches the page's records. The due
+index is lazy, as the MemoryStore's: a commit whose due time moved later (a sliding idle
+deadline, every message) leaves the entry where it is, and `claim_due` moves an early entry to
+the real time instead of handing it out. Lease times are fixed-width microsecond strings,
+compared as strings by the scripts. Layouts 1 to 4 are refused at `open()` with a
+ConfigurationError: start on an empty prefix.
 
 Standalone Redis: B = ``P:{K}`` and I = ``P`` (one global index of each kind). Every script
 touches the session's keys and the global index keys together, atomically.
@@ -380,10 +381,10 @@ class RedisStore(Store):
         self.gc_margin = gc_margin
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._client: Any = None
-        # redis-py's cluster client fails a request (MaxConnectionsError) instead of waiting
-        # when a node's pool is full, so requests beyond the pool size queue here. (The
-        # standalone client's BlockingConnectionPool waits by itself.)
-        self._slots = asyncio.Semaphore(max_connections) if self.cluster else None
+        # redis-py's pools fail a request (MaxConnectionsError) instead of waiting when they
+        # are full, so requests beyond the pool size queue here (a semaphore costs far less per
+        # request than redis-py's BlockingConnectionPool, with its condition and timer).
+        self._slots = asyncio.Semaphore(max_connections)
         self._scripts: dict[str, Any] = {}
         self._commit_index_keys: dict[int, tuple[str, str]] = {}
 
@@ -425,7 +426,10 @@ class RedisStore(Store):
     def _make_client(self) -> Any:
         parts = urlsplit(self.url)
         common: dict[str, Any] = {
-            "socket_timeout": self.socket_timeout,
+            # No socket timeout inside redis-py: with one, every write runs under
+            # asyncio.wait_for (a task per request) and every read under a timer; `_run`
+            # bounds each attempt as a whole instead.
+            "socket_timeout": None,
             "socket_connect_timeout": self.connect_timeout,
             "socket_keepalive": True,
             "health_check_interval": 30,
@@ -450,9 +454,8 @@ class RedisStore(Store):
                 require_full_coverage=True, **common,
             )
         tls = urlsplit(self.url).scheme.lower() == "rediss"
-        pool = aioredis.BlockingConnectionPool.from_url(
+        pool = aioredis.ConnectionPool.from_url(
             self.url, max_connections=self.max_connections,
-            timeout=self.socket_timeout + self.connect_timeout,
             connection_class=_TLSConnection if tls else _PlainConnection, **common,
         )
         return aioredis.Redis(connection_pool=pool)
@@ -527,17 +530,17 @@ class RedisStore(Store):
         """Run one request; connection faults become StoreUnavailable within a bounded time.
 
         `retry` is true only for requests whose repetition is harmless (reads, lease scripts,
-        the commit script, which recognises its own earlier success). Each attempt is bounded by
-        the socket timeouts; attempts are separated by a short jittered backoff."""
+        the commit script, which recognises its own earlier success). Each attempt (waiting for
+        a connection slot, connecting if need be, writing, reading) is bounded by
+        2 * socket_timeout + connect_timeout; attempts are separated by a short jittered
+        backoff. (redis-py itself runs without a socket timeout, see `_make_client`: a
+        cancelled read or write disconnects its connection, so nothing half-read is reused.)"""
         attempts = 1 + (self.retries if retry else 0)
-        deadline = self.socket_timeout + self.connect_timeout + 1.0
+        deadline = 2 * self.socket_timeout + self.connect_timeout
         for attempt in range(attempts):
             try:
-                if self._slots is None:
-                    async with asyncio.timeout(deadline):
-                        return await call()
-                async with self._slots:
-                    async with asyncio.timeout(deadline):
+                async with asyncio.timeout(deadline):
+                    async with self._slots:
                         return await call()
             except _UNAVAILABLE as exc:
                 if attempt + 1 >= attempts:
