@@ -514,19 +514,22 @@ async def test_a_commit_whose_answer_was_lost_is_retried_once(machine_store: Red
     record = new_record(key, now=machine_store.clock.now())
     record.version = 1
     history = HistoryChanges(append=[Message(role="user", content="once", seq=1)])
-    real = machine_store._scripts["COMMIT"]
+    real = machine_store._evalsha
+    commit_script = machine_store._scripts["COMMIT"]
     calls = []
 
-    async def answer_lost_once(**kwargs: Any) -> Any:
-        result = await real(**kwargs)  # the server applies the commit ...
-        calls.append(kwargs["args"][3])  # the commit mark (ARGV[4])
+    async def answer_lost_once(script: Any, keys: list[str], args: list[Any]) -> Any:
+        result = await real(script, keys, args)  # the server applies the commit ...
+        if script is not commit_script:
+            return result
+        calls.append(args[4])  # the commit mark (ARGV[5])
         if len(calls) == 1:  # ... but the answer never arrives
             raise redis_exceptions.ConnectionError("connection reset by peer")
         return result
 
-    machine_store._scripts["COMMIT"] = answer_lost_once
+    machine_store._evalsha = answer_lost_once  # type: ignore[method-assign]
     await machine_store.commit(record, expected=0, history=history)
-    machine_store._scripts["COMMIT"] = real
+    machine_store._evalsha = real  # type: ignore[method-assign]
     # Both attempts carried one mark, by which the retry recognised its own applied commit.
     assert len(calls) == 2 and calls[0] == calls[1]
     assert await machine_store.count_messages(record.ref) == 1
@@ -549,23 +552,25 @@ async def test_a_retry_never_mistakes_an_identical_commit_of_another_writer_for_
     twin = msgspec.structs.replace(base, version=2, data={"n": 1})
     other = RedisStore.from_url(REDIS_URL, prefix=machine_store.prefix)
     await other.open()
-    real = machine_store._scripts["COMMIT"]
+    real = machine_store._evalsha
+    commit_script = machine_store._scripts["COMMIT"]
     attempts = 0
 
-    async def lost_before_arrival(**kwargs: Any) -> Any:
+    async def lost_before_arrival(script: Any, keys: list[str], args: list[Any]) -> Any:
         nonlocal attempts
-        attempts += 1
-        if attempts == 1:  # this attempt never reaches the server; the other writer wins
-            await other.commit(msgspec.structs.replace(twin), expected=1)
-            raise redis_exceptions.ConnectionError("connection reset by peer")
-        return await real(**kwargs)
+        if script is commit_script:
+            attempts += 1
+            if attempts == 1:  # this attempt never reaches the server; the other writer wins
+                await other.commit(msgspec.structs.replace(twin), expected=1)
+                raise redis_exceptions.ConnectionError("connection reset by peer")
+        return await real(script, keys, args)
 
-    machine_store._scripts["COMMIT"] = lost_before_arrival
+    machine_store._evalsha = lost_before_arrival  # type: ignore[method-assign]
     try:
         with pytest.raises(ConflictError):
             await machine_store.commit(twin, expected=1)
     finally:
-        machine_store._scripts["COMMIT"] = real
+        machine_store._evalsha = real  # type: ignore[method-assign]
         await other.close()
     assert attempts == 2
 

@@ -558,7 +558,29 @@ class RedisStore(Store):
     async def _script(self, name: str, keys: list[str], args: list[Any], *, retry: bool) -> Any:
         await self._ensure()
         script = self._scripts[name]
-        return await self._run(lambda: script(keys=keys, args=args), retry=retry)
+        if self.cluster:
+            return await self._run(lambda: script(keys=keys, args=args), retry=retry)
+        return await self._run(lambda: self._evalsha(script, keys, args), retry=retry)
+
+    async def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA on a pooled connection directly: redis-py's client layer (command dispatch,
+        events, metrics, its own retry wrapper) cost more client time per update than the
+        request itself. A script the server lost (SCRIPT FLUSH, a restart) falls back to
+        redis-py's Script, which loads it again."""
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await conn.read_response()
+        except rexc.NoScriptError:
+            pass
+        except BaseException:
+            # Anything else may leave a reply unread on the connection: drop it.
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+        return await script(keys=keys, args=args)
 
     # -- records ----------------------------------------------------------------------------
 
