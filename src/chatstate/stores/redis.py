@@ -208,6 +208,29 @@ class _TLSConnection(_HiredisPacking, SSLConnection):
     pass
 
 
+class _LeanPool(aioredis.ConnectionPool):
+    """redis-py's plain pool without its per-request extras (a lock, metrics, events and a
+    readiness probe on every checkout: more client time than the request itself). The store's
+    semaphore keeps requests within max_connections, and a connection whose request failed or
+    was cancelled is disconnected before it comes back (redis-py's reads and writes do that, as
+    does `RedisStore._evalsha`), so a pooled connection never holds an unread reply."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        connection = self.get_available_connection()
+        try:
+            await connection.connect()  # at once when connected
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def release(self, connection: Any) -> None:
+        self._in_use_connections.remove(connection)
+        if connection.should_reconnect():
+            await connection.disconnect()
+        self._available_connections.append(connection)
+
+
 class _Layout:
     """Key names. See the module docstring for the standalone and Cluster layouts."""
 
@@ -454,7 +477,7 @@ class RedisStore(Store):
                 require_full_coverage=True, **common,
             )
         tls = urlsplit(self.url).scheme.lower() == "rediss"
-        pool = aioredis.ConnectionPool.from_url(
+        pool = _LeanPool.from_url(
             self.url, max_connections=self.max_connections,
             connection_class=_TLSConnection if tls else _PlainConnection, **common,
         )
