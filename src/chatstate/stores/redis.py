@@ -11,9 +11,11 @@ Query options: ``prefix`` (or ``namespace``), ``max_connections`` (or ``pool_siz
 ``gc_margin`` (seconds), ``format`` (``json`` or ``msgpack``).
 
 Cost of an update: `lease_and_load` is one script call and `commit(..., release=True)` is one
-script call, so a serialised update costs two round trips.
+script call, so a serialised update costs two round trips. On standalone Redis the scripts run
+on the store's own lean connection pool (see `_LeanPool`, `RedisStore._evalsha`): redis-py's
+client layer cost more client time per update than the requests themselves.
 
-Data layout, version 3 (P = prefix, B = the session base, K = canonical session key)::
+Data layout, version 5 (P = prefix, B = the session base, K = canonical session key)::
 
     B:r           hash  the key's lease: o (owner, '' = free), t (fencing token), e (expiry);
                         and its current session: id, and the row fields below
@@ -21,7 +23,7 @@ Data layout, version 3 (P = prefix, B = the session base, K = canonical session 
                         b (record), v, ag (aggregate contribution), nm, nk, nd (sums), st, fl,
                         sp (filter fields), gc, c (mark of the commit that wrote it), w, x, p
                         (due times, '' = none), wi, xi, pi (where its due entries sit),
-                        la (listing score)
+                        la (-last_activity, exact), lg (its listing group, the minute)
     B:h:<id>      list  history, oldest first: 4-byte seq + message (Codec.pack_message's
                         form); a few bytes per entry where a sorted set costs ~100
     B:m:<id>      zset  score end_seq -> summary
