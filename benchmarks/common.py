@@ -31,7 +31,9 @@ console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty(
 # Short column labels for the figures in `Result.extra` (the JSON keeps the long names).
 SHORT = {
     "round_trips_per_update": "round trips/upd",
-    "server_cpu_us_per_update": "server CPU µs/upd",
+    "server_cmd_us_per_update": "server cmd µs/upd",  # the measure: INFO commandstats
+    "server_cpu_us_per_update": "server CPU µs/upd",  # INFO cpu: user + sys, network included
+    "client_commands_per_update": "client cmds/upd",
     "server_commands_per_update": "server cmds/upd",
     "xacts_per_update": "xacts/upd",
     "bytes_per_idle_session": "bytes/idle session",

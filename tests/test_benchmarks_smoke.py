@@ -29,7 +29,8 @@ EXPECTED = {
     "postgres": {"chatstate PostgresStore", "asyncpg SELECT+UPSERT"},
 }
 FIGURES = {
-    "redis": {"round_trips_per_update", "server_cpu_us_per_update", "server_commands_per_update"},
+    "redis": {"round_trips_per_update", "server_cmd_us_per_update", "server_cpu_us_per_update",
+              "server_commands_per_update"},
     "postgres": {"xacts_per_update"},
     "bytes": {"bytes_per_idle_session"},
     "claim": {"claim_ms", "sessions", "due"},
