@@ -184,3 +184,15 @@ async def test_the_cache_follows_the_budget_not_the_conversation(
     # The pages the context read: what it kept, the turn that did not fit, within a page.
     assert len(entry.messages) <= len(context.messages) + 2 * page
     assert record.counters.last_seq > len(entry.messages) * 2
+
+
+async def test_messages_this_process_clears_leave_its_cache(manager: SessionManager) -> None:
+    memory = memory_of(manager)
+    await add_turns(memory, 20, seed=12)
+    assert await seqs(memory)
+    async with manager.session(KEY) as s:
+        await memory.clear_messages(s)
+        await memory.add(s, "user", "a fresh start")
+    after = await assert_same_as_uncached(memory, manager)
+    record = await memory.record_of(KEY)
+    assert after == [record.counters.last_seq]

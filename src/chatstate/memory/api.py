@@ -418,7 +418,9 @@ class Memory:
         if entry is None or entry.high != committed[0].seq - 1:
             return  # nothing cached, or not contiguous: the next context reads the store
         dropped = record.counters.dropped_through
-        messages = [m for m in (*entry.messages, *committed) if m.seq > dropped]
+        messages = [*entry.messages, *committed]
+        if dropped >= entry.low:  # this update dropped some: they leave the cache too
+            messages = [m for m in messages if m.seq > dropped]
         if messages:
             self._tails.put(record.id, messages, max(entry.low, dropped + 1))
         else:
