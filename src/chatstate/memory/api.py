@@ -314,7 +314,8 @@ class Memory:
         summaries = await self.summaries(target)
         covered = max((s.end_seq for s in summaries), default=0)
         ratio = self.counter.correction(model or self.config.model)
-        source = self._newest_first(target, record, covered, budget_tokens)
+        forked = state is not None and bool(state.forks)
+        source = self._newest_first(target, record, covered, budget_tokens, forked)
         pending = state.live_messages if state is not None and state.live_tokens >= 0 else None
         # Budget in raw counted tokens: if the provider bills 10% more than we count, fit 10%
         # less (the correction learnt from reported usage).
@@ -335,8 +336,8 @@ class Memory:
         return context
 
     async def _newest_first(
-        self, target: Target, record: SessionRecord, covered: int, budget: int
-    ) -> AsyncGenerator[list[Message], None]:
+        self, target: Target, record: SessionRecord, covered: int, budget: int, forked: bool
+    ) -> AsyncGenerator[Sequence[Message], None]:
         """Pages of the messages after `covered`, newest first: this update's staged ones,
         then the stored ones (from the tail cache where it can serve them)."""
         floor = max(covered, _staged_floor(target))
@@ -350,7 +351,7 @@ class Memory:
             return
         # First page sized for the budget (~25 tokens a message), doubling after that.
         page = max(8, min(256, budget // 25))
-        if self._tails.max_sessions <= 0 or forks_of(record):
+        if self._tails.max_sessions <= 0 or forked:
             stored = self.reader.pages_backwards(
                 record, page=page, stop_at=floor, before=stored_top + 1
             )
@@ -362,14 +363,14 @@ class Memory:
             return
         cached = self._cached_pages(record, stored_top, floor, page)
         try:
-            async for chunk in cached:
-                yield chunk
+            async for page_of in cached:
+                yield page_of
         finally:
             await cached.aclose()
 
     async def _cached_pages(
         self, record: SessionRecord, stored_top: int, floor: int, page: int
-    ) -> AsyncGenerator[list[Message], None]:
+    ) -> AsyncGenerator[Sequence[Message], None]:
         """Stored messages newest first: the cached tail brought up to date with one range
         read, then older pages from the store (which join the cache as they are read). The
         cache keeps the pages the context read, so it follows the budget, not the
@@ -380,9 +381,8 @@ class Memory:
         try:
             end = len(known)
             while end > 0:
-                chunk = known[max(0, end - page):end]
+                chunk = known[max(0, end - page):end][::-1]
                 end -= len(chunk)
-                chunk.reverse()
                 if chunk[-1].seq <= floor:
                     chunk = [m for m in chunk if m.seq > floor]
                     used += len(chunk)
@@ -396,7 +396,7 @@ class Memory:
             try:
                 async for chunk in older:
                     if chunk:
-                        known = list(reversed(chunk)) + known
+                        known = [*reversed(chunk), *known]
                         tails.put(record.id, known, known[0].seq)
                     used += len(chunk)
                     yield chunk
@@ -428,21 +428,23 @@ class Memory:
 
     async def _fresh_tail(
         self, record: SessionRecord, stored_top: int
-    ) -> tuple[list[Message], int]:
+    ) -> tuple[Sequence[Message], int]:
         """The cached tail of `record` (every stored message from seq `low` up, oldest
         first), checked against the record and extended by the messages committed since it was
         filled; ([], stored_top + 1) when nothing usable is cached."""
         tails = self._tails
-        nothing: tuple[list[Message], int] = ([], stored_top + 1)
+        nothing: tuple[Sequence[Message], int] = ((), stored_top + 1)
         entry = tails.get(record.id)
         if entry is None:
             return nothing
         if stored_top < entry.high:  # history went back (replaced): nothing cached holds
             tails.discard(record.id)
             return nothing
-        messages = list(entry.messages)
         low = entry.low
         dropped = record.counters.dropped_through
+        if dropped < low and stored_top == entry.high:
+            return entry.messages, low  # the common case: nothing to copy or store again
+        messages = list(entry.messages)
         if dropped >= low:
             messages = [m for m in messages if m.seq > dropped]
             low = dropped + 1

@@ -73,7 +73,7 @@ def summary_cost(counter: TokenCounter, summaries: Iterable[Summary]) -> int:
 
 
 async def assemble(
-    newest_first: AsyncGenerator[list[Message], None],
+    newest_first: AsyncGenerator[Sequence[Message], None],
     *,
     counter: TokenCounter,
     budget_tokens: int,

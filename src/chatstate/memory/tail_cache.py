@@ -21,6 +21,7 @@ Sessions with forks are not cached (their history spans several sessions). Bound
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..model import Message
@@ -56,7 +57,7 @@ class TailCache:
             self._entries.move_to_end(session_id)
         return entry
 
-    def put(self, session_id: str, messages: list[Message], low: int) -> None:
+    def put(self, session_id: str, messages: Sequence[Message], low: int) -> None:
         """Remember `messages` (oldest first, every stored message from seq `low` up)."""
         if not messages or self.max_sessions <= 0:
             self._entries.pop(session_id, None)
