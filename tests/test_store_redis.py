@@ -159,8 +159,8 @@ async def test_server_sees_two_script_calls_per_update(own_server: RedisServer) 
 async def test_a_claimed_entry_is_put_back_by_a_commit_that_keeps_its_time(
     machine_store: RedisStore,
 ) -> None:
-    """Every commit rewrites the due index, also when the due time did not change: a claim's
-    hold on the entry ends with the next commit of the session."""
+    """A claim's hold on a due entry ends with the next commit of the session, also when the
+    due time did not change (the lazy index moves entries later, never leaves one held)."""
     clock = FakeClock()
     machine_store.clock = clock
     record = new_record("web:user:reclaim", now=clock.now())

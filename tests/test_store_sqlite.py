@@ -89,6 +89,17 @@ async def _store(path: Path, **options: object) -> SQLiteStore:
     return store
 
 
+async def _assert_search_index_intact(store: SQLiteStore) -> None:
+    """FTS5's own integrity check of the keyword index against the rows it reads (it raises
+    on any difference)."""
+    check = await store._run(
+        lambda c: c.execute(
+            "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)"
+        ).fetchall()
+    )
+    assert check == []
+
+
 async def test_commits_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = await _store(path)
@@ -750,12 +761,7 @@ async def test_a_schema_2_file_is_migrated_with_its_history_and_keyword_index(
         assert await store.search_messages(records[0].ref, "berlin") == []
         assert await store.delete(records[1].key)
         assert await store.count_messages(records[1].ref) == 0
-        check = await store._run(
-            lambda c: c.execute(
-                "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)"
-            ).fetchall()
-        )
-        assert check == []
+        await _assert_search_index_intact(store)
     finally:
         await store.close()
 
@@ -795,12 +801,7 @@ async def test_keyword_search_through_the_compact_index(tmp_path: Path) -> None:
         ))
         assert await seqs("gpt") == []
         assert await seqs("nothing") == [2]
-        check = await store._run(
-            lambda c: c.execute(
-                "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)"
-            ).fetchall()
-        )
-        assert check == []
+        await _assert_search_index_intact(store)
     finally:
         await store.close()
 
