@@ -418,7 +418,7 @@ class _SessionContext:
             m.policy.closed(record, now)
         elif session.created:
             m.policy.touch(record, now)
-        history: HistoryChanges | None = session.history
+        history: HistoryChanges | None = session._history
         if not history:
             history = None
             if not session.created and self.snapshot is not None:

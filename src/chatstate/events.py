@@ -81,6 +81,8 @@ class EventBus:
     def listening(self, name: str) -> bool:
         """True when some hook wants `name` (lets hot paths skip building the event)."""
         hooks = self._hooks
+        if not hooks:
+            return False  # the common case on hot paths: nobody listens to anything
         if name in hooks or "*" in hooks:
             return True
         return any(name.startswith(p) for p in self._prefixes)

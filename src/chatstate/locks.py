@@ -23,22 +23,25 @@ class _Entry:
 
 class KeyLocks:
     def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
+        # True: held, nobody waits (the common case, no object per update); an _Entry once
+        # some task waits for the key.
+        self._entries: dict[str, _Entry | bool] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def locked(self, key: str) -> bool:
         entry = self._entries.get(key)
-        return entry is not None and entry.busy
+        return entry is True or (isinstance(entry, _Entry) and entry.busy)
 
     def try_acquire(self, key: str) -> bool:
         """Take the key's lock if nobody holds it (never waits). False when it is held."""
-        entry = self._entries.get(key)
+        entries = self._entries
+        entry = entries.get(key)
         if entry is None:
-            self._entries[key] = _Entry()
+            entries[key] = True
             return True
-        if entry.busy:
+        if not isinstance(entry, _Entry) or entry.busy:
             return False
         entry.users += 1
         entry.busy = True
@@ -50,6 +53,8 @@ class KeyLocks:
         if self.try_acquire(key):
             return True
         entry = self._entries[key]
+        if not isinstance(entry, _Entry):  # the holder was alone until now
+            entry = self._entries[key] = _Entry()
         entry.users += 1
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if entry.waiters is None:
@@ -77,7 +82,11 @@ class KeyLocks:
             return False
 
     def release(self, key: str) -> None:
-        entry = self._entries[key]
+        entries = self._entries
+        entry = entries[key]
+        if not isinstance(entry, _Entry):  # held alone
+            del entries[key]
+            return
         if not entry.waiters:  # the common case: nobody waits
             entry.busy = False
             entry.users -= 1

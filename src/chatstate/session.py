@@ -33,7 +33,7 @@ RESERVED_DATA_PREFIXES = ("_chatstate", "_lifecycle")
 
 class Session:
     __slots__ = (
-        "_after_commit", "_key", "_reset_keep", "created", "history", "manager", "record", "temp",
+        "_after_commit", "_history", "_key", "created", "manager", "record", "temp",
     )
 
     def __init__(
@@ -49,7 +49,9 @@ class Session:
         self.manager = manager
         self.created = created  # True when this update created the session
         self.temp: dict[str, Any] = {}  # scratch for this update only; never persisted
-        self.history = HistoryChanges()
+        # Staged history, made on first use: most updates stage none (the engine reads
+        # `_history` to tell without building one).
+        self._history: HistoryChanges | None = None
         self._after_commit: list[Callable[[], object]] | None = None
 
     # -- identity and status ----------------------------------------------------------------
@@ -141,6 +143,18 @@ class Session:
         self._after_commit.append(callback)
 
     # -- history ----------------------------------------------------------------------------
+
+    @property
+    def history(self) -> HistoryChanges:
+        """The history changes staged by this update (committed with it)."""
+        history = self._history
+        if history is None:
+            history = self._history = HistoryChanges()
+        return history
+
+    @history.setter
+    def history(self, value: HistoryChanges) -> None:
+        self._history = value
 
     def append(self, *messages: Message) -> list[Message]:
         """Stage messages for this session's history; they get sequence numbers now and are
