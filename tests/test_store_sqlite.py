@@ -19,7 +19,7 @@ from chatstate.clock import FakeClock
 from chatstate.errors import ConfigurationError, ConflictError, SchemaError, StoreUnavailable
 from chatstate.model import HistoryChanges, Message, new_record
 from chatstate.stores.base import SessionFilter
-from chatstate.stores.sqlite import SCHEMA_VERSION, SQLiteStore
+from chatstate.stores.sqlite import CACHE_KIB, SCHEMA_VERSION, SQLiteStore
 from chatstate.stores.url import open_store
 
 T0 = 1_700_000_000.0
@@ -134,6 +134,23 @@ async def test_wal_mode_and_synchronous_setting(tmp_path: Path) -> None:
         )
         await store.close()
         assert modes == ("wal", expected)
+
+
+async def test_every_connection_has_a_page_cache_for_thousands_of_sessions(
+    tmp_path: Path,
+) -> None:
+    """SQLite's default cache (2 MB) holds a few thousand session rows; each of the store's
+    connections (the worker's and the loop's two) is given room for tens of thousands."""
+    store = await _store(tmp_path / "cache.db")
+    try:
+        worker = await store._run(lambda c: c.execute("PRAGMA cache_size").fetchone()[0])
+        assert store._reader is not None and store._reads is not None
+        loop_side = [c.execute("PRAGMA cache_size").fetchone()[0]
+                     for c in (store._reader, store._reads)]
+    finally:
+        await store.close()
+    assert [worker, *loop_side] == [CACHE_KIB] * 3
+    assert CACHE_KIB <= -16384  # KiB: at least 16 MB each
 
 
 async def test_one_failing_commit_in_a_group_does_not_poison_the_others(tmp_path: Path) -> None:

@@ -112,6 +112,11 @@ WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the log file is truncated to after a 
 CHECKPOINT_FRAMES = 1000
 CHECKPOINT_EVERY = 256  # units before the first checkpoint
 CHECKPOINT_EVERY_MIN, CHECKPOINT_EVERY_MAX = 64, 2048
+# Page cache per connection, in KiB (SQLite's own default is 2,000): a session row is a few
+# hundred bytes, so 10,000 active sessions and their indexes are about 7 MB of pages, and
+# with the default every load of a chat that is not among the last few hundred reads from
+# the OS again. Pages are allocated only as the file grows into them.
+CACHE_KIB = -32768
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chatstate_meta (name TEXT PRIMARY KEY, value);
@@ -759,6 +764,7 @@ class SQLiteStore(Store):
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute(f"PRAGMA cache_size = {CACHE_KIB}")
             self._create_schema(conn)
         except BaseException:
             conn.close()
@@ -777,6 +783,7 @@ class SQLiteStore(Store):
             )
             reader.execute(f"PRAGMA synchronous = {self.synchronous}")
             reader.execute("PRAGMA wal_autocheckpoint = 0")
+            reader.execute(f"PRAGMA cache_size = {CACHE_KIB}")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         return reader
