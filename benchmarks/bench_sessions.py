@@ -1,11 +1,13 @@
 """chatstate against its peers: `python -m benchmarks.bench_sessions [--quick] [--only ...]`.
 
-Groups (``--only memory,sqlite,bytes,claim,redis,postgres``; default all):
+Groups (``--only memory,sqlite,sqlite-full,bytes,claim,redis,postgres``; default all):
 
 * memory:   chatstate MemoryStore engine cycle vs aiogram MemoryStorage, and the floor of any
             cycle on serialised records (decode + encode, no engine) for scale
 * sqlite:   chatstate SQLiteStore vs plain stdlib sqlite3 SELECT + UPSERT, commit per message
             (WAL, synchronous=NORMAL)
+* sqlite-full: the same with power-loss durability on both sides (synchronous=FULL: an fsync
+            per transaction), where committing concurrent updates together pays off most
 * bytes:    process memory per idle session: MemoryStore vs aiogram MemoryStorage vs a dict
 * claim:    claiming 100 due sessions among 1,000,000 vs among 1,000 (MemoryStore, SQLiteStore)
 * redis:    chatstate RedisStore vs aiogram RedisStorage (with and without RedisEventIsolation)
@@ -40,22 +42,26 @@ from .systems import (
     chatstate_memory,
     chatstate_on,
     chatstate_sqlite,
+    chatstate_sqlite_with,
     postgres_store_url,
     raw_asyncpg,
     raw_redis,
     raw_sqlite3,
+    raw_sqlite3_with,
     redis_store_url,
     serialised_floor,
     temp_sqlite_path,
 )
 
-GROUPS = ("memory", "sqlite", "bytes", "claim", "redis", "postgres")
+GROUPS = ("memory", "sqlite", "sqlite-full", "bytes", "claim", "redis", "postgres")
 
 MEMORY_ENGINE = "chatstate MemoryStore"
 SERIALISED_FLOOR = "floor: decode+encode only"
 AIOGRAM_MEMORY = "aiogram MemoryStorage"
 SQLITE_STORE = "chatstate SQLiteStore"
 RAW_SQLITE = "sqlite3 SELECT+UPSERT"
+SQLITE_STORE_FULL = "chatstate SQLiteStore (full)"
+RAW_SQLITE_FULL = "sqlite3 SELECT+UPSERT (full)"
 REDIS_STORE = "chatstate RedisStore"
 AIOGRAM_REDIS = "aiogram RedisStorage"
 AIOGRAM_REDIS_ISOLATED = "aiogram RedisStorage+isolation"
@@ -67,6 +73,7 @@ RATIOS = [
     (MEMORY_ENGINE, AIOGRAM_MEMORY),
     (SERIALISED_FLOOR, AIOGRAM_MEMORY),
     (SQLITE_STORE, RAW_SQLITE),
+    (SQLITE_STORE_FULL, RAW_SQLITE_FULL),
     (REDIS_STORE, AIOGRAM_REDIS_ISOLATED),
     (REDIS_STORE, AIOGRAM_REDIS),
     (REDIS_STORE, RAW_REDIS),
@@ -132,6 +139,13 @@ async def bench_sqlite(report: Report, plan: Plan) -> None:
     for w in plan.workloads():
         await measure(report, plan, "sqlite", RAW_SQLITE, raw_sqlite3, w)
         await measure(report, plan, "sqlite", SQLITE_STORE, chatstate_sqlite, w)
+
+
+async def bench_sqlite_full(report: Report, plan: Plan) -> None:
+    full_chatstate, full_raw = chatstate_sqlite_with("full"), raw_sqlite3_with("full")
+    for w in plan.workloads():
+        await measure(report, plan, "sqlite-full", RAW_SQLITE_FULL, full_raw, w)
+        await measure(report, plan, "sqlite-full", SQLITE_STORE_FULL, full_chatstate, w)
 
 
 async def bench_redis(report: Report, plan: Plan) -> None:
@@ -304,6 +318,7 @@ async def _claim_time(store_name: str, total: int, plan: Plan) -> float:
 RUNNERS: dict[str, Callable[[Report, Plan], Awaitable[None]]] = {
     "memory": bench_memory,
     "sqlite": bench_sqlite,
+    "sqlite-full": bench_sqlite_full,
     "bytes": bench_bytes,
     "claim": bench_claim,
     "redis": bench_redis,

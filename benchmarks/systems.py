@@ -76,12 +76,20 @@ async def temp_sqlite_path() -> AsyncIterator[Path]:
         yield Path(workdir) / "bench.db"
 
 
-@asynccontextmanager
-async def chatstate_sqlite(workload: Workload) -> AsyncIterator[Cycle]:
-    async with temp_sqlite_path() as path:
-        store = open_store(f"sqlite:///{path}")
-        async with chatstate_engine(store, workload) as cycle:
-            yield cycle
+def chatstate_sqlite_with(synchronous: str) -> SystemFactory:
+    """SQLiteStore on a fresh file with `?synchronous=` normal (the default) or full."""
+
+    @asynccontextmanager
+    async def factory(workload: Workload) -> AsyncIterator[Cycle]:
+        async with temp_sqlite_path() as path:
+            store = open_store(f"sqlite:///{path}?synchronous={synchronous}")
+            async with chatstate_engine(store, workload) as cycle:
+                yield cycle
+
+    return factory
+
+
+chatstate_sqlite = chatstate_sqlite_with("normal")
 
 
 @asynccontextmanager
@@ -207,15 +215,26 @@ def _raw_update(raw: bytes | str | None, message: int) -> bytes:
     return _json_encode(record)
 
 
-@asynccontextmanager
-async def raw_sqlite3(workload: Workload) -> AsyncIterator[Cycle]:
+def raw_sqlite3_with(synchronous: str) -> SystemFactory:
     """Plain stdlib sqlite3: SELECT, then an UPSERT in its own transaction (commit per message),
-    WAL and synchronous=NORMAL. Runs on the event loop itself: the fastest a single connection
+    WAL and `synchronous` (NORMAL: survives a crash of the process; FULL: an fsync per commit,
+    survives a power loss). Runs on the event loop itself: the fastest a single connection
     can go, and it serialises every update whatever the concurrency."""
+
+    @asynccontextmanager
+    async def factory(workload: Workload) -> AsyncIterator[Cycle]:
+        async with _raw_sqlite3(workload, synchronous) as cycle:
+            yield cycle
+
+    return factory
+
+
+@asynccontextmanager
+async def _raw_sqlite3(workload: Workload, synchronous: str) -> AsyncIterator[Cycle]:
     async with temp_sqlite_path() as path:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         conn.execute(
             "CREATE TABLE sessions (key TEXT PRIMARY KEY, record BLOB NOT NULL, "
             "version INTEGER NOT NULL)"
@@ -236,6 +255,9 @@ async def raw_sqlite3(workload: Workload) -> AsyncIterator[Cycle]:
             yield cycle
         finally:
             conn.close()
+
+
+raw_sqlite3 = raw_sqlite3_with("normal")
 
 
 def raw_redis(url: str) -> SystemFactory:
