@@ -21,13 +21,19 @@ through untouched (msgspec does all the (de)serialising, no ``json`` module in b
 is the fastest Python driver by a wide margin. psycopg 3's advantages (pgbouncer transaction
 mode without prepared statements, sync API, COPY ergonomics) do not matter here.
 
-How an update costs two round trips and one WAL flush: ``lease_and_load`` calls one plpgsql
-procedure and ``commit`` one plpgsql function (see `postgres_schema`, versions 4-6: the lease
-is committed before the record is read, so only the commit flushes; a usual commit is one
-guarded HOT update touching no index), and connections go back to the store's own pool
-(`postgres_pool`) without a reset query (the store never leaves session state behind: no
-LISTEN, advisory locks or SET) and without asyncpg.Pool's per-checkout Python overhead.
-pg_stat_database counts three transactions per update (the procedure commits twice).
+How an update costs two round trips, two transactions and one WAL flush (`postgres_schema`,
+version 13): ``lease_and_load`` is one plain statement that takes (or creates) the key's lease
+row and reads the current record with the same snapshot, in a transaction that does not wait
+for a WAL flush (``synchronous_commit`` off for it alone: a lost lease is harmless); ``commit``
+is one plain statement whose UPDATE of the current row is guarded by id, version and lease
+(compare-and-set and fencing) and releases the lease *implicitly* by storing its token in the
+row (a lease whose token is its session's ``released_token`` is free), with the history rows in
+a CTE; anything else (a new session, a conflict, a lost lease, a retried commit, drops) is
+taken by the plpgsql ``commit_session`` in the same statement. A usual commit is one HOT update
+touching no index. Connections go back to the store's own pool (`postgres_pool`) without a
+reset query (the store never leaves session state behind: no LISTEN, advisory locks or SET;
+the lease's ``set_config`` is local to its transaction) and without asyncpg.Pool's
+per-checkout Python overhead. pg_stat_database counts two transactions per update.
 
 History: one row per commit (up to 64 messages) in ``history`` keyed by (session number, newest
 seq): the messages in `Codec.pack_message`'s compact form, deflated with a fixed dictionary, in a
@@ -412,39 +418,103 @@ class PostgresStore(Store):
         )
         # History rows are keyed by the session's number (see postgres_schema, version 3).
         sid = f"sid = (SELECT num FROM {q}.sessions WHERE id = $1)"
+        now4 = now.format("$4")
+        cur = (
+            f"WITH cur AS MATERIALIZED (SELECT record, released_token FROM {q}.sessions "
+            "WHERE key = $1 AND is_current)"
+        )
+        # A lost lease is harmless (UNLOGGED table; any later commit flushes the WAL before
+        # it): its transaction commits without waiting for a WAL flush.
+        leased = (
+            "SELECT l.token, l.expires_at, (SELECT record FROM cur), "
+            "set_config('synchronous_commit', 'off', true) FROM l"
+        )
+        commit_call = (
+            f"{q}.commit_session("
+            + ", ".join(f"${i}" for i in range(1, _COMMIT_ARGS + 1))
+            + ")"
+        )
+        lease_ok = (
+            f"EXISTS (SELECT FROM {q}.leases l WHERE l.key = $1::text AND l.token = $19::bigint "
+            f"AND l.expires_at > {now.format('$21')})"
+        )
+        bucket = f"floor(${{}}::float8 / {schema_sql.TIME_BUCKET_SECONDS})::bigint"
+        commit_fast = (
+            f"WITH s AS (UPDATE {q}.sessions SET status = $5::text, flow = $8::text, "
+            "step = $9::text, created_at = $10::float8, last_activity = $11::float8, "
+            "warn_at = $12::float8, expires_at = $13::float8, purge_at = $14::float8, "
+            "close_reason = $15::text, messages = $16::bigint, tokens = $17::bigint, "
+            "history_count = history_count + $26::bigint, "
+            "labels = coalesce($18::jsonb -> 'labels', '{}'::jsonb), "
+            f"activity_bucket = {bucket.format(11)}, warn_bucket = {bucket.format(12)}, "
+            f"expire_bucket = {bucket.format(13)}, purge_bucket = {bucket.format(14)}, "
+            "version = $4::bigint, record = $18::jsonb, commit_mark = $30::uuid, "
+            "released_token = CASE WHEN $20::boolean THEN $19::bigint ELSE released_token END "
+            "WHERE key = $1::text AND is_current AND id = $2::text AND version = $3::bigint "
+            "AND ($19::bigint IS NULL OR (released_token IS DISTINCT FROM $19::bigint AND "
+            f"{lease_ok})) RETURNING num), "
+            # The history rows of the commit (none when the arrays are NULL): one statement
+            # text for every usual commit, so one prepared statement per connection.
+            f"h AS (INSERT INTO {q}.history (sid, seq, n, body, txt) "
+            "SELECT s.num, h.seq, h.n, h.body, h.txt FROM s, unnest($22::bigint[], "
+            "$23::integer[], $24::bytea[], $25::text[]) AS h(seq, n, body, txt)) "
+            "SELECT 0 AS outcome, NULL::bigint AS actual FROM s UNION ALL "
+            f"SELECT c.outcome, c.actual FROM {commit_call} AS c WHERE NOT EXISTS (SELECT FROM s)"
+        )
         sql = {
             "load": f"SELECT record FROM {q}.sessions WHERE key = $1 AND is_current",
             "load_by_id": f"SELECT record FROM {q}.sessions WHERE id = $1",
+            # One statement, one transaction without a WAL flush (postgres_schema, version 13):
+            # take (or create) the key's lease row when it is free (expired, ours, or released
+            # by the current session's last commit) and read the current record with the same
+            # snapshot. No row: another owner holds the lease. (An UPDATE falling back to an
+            # INSERT in a second CTE cost more server time than the upsert.)
             "lease_and_load": (
-                # A procedure (see postgres_schema, version 5): never inside a transaction block.
-                f"CALL {q}.lease_and_load($1, $2, $3, $4)"
+                f"{cur}, l AS (INSERT INTO {q}.leases AS l (key, owner, token, expires_at) "
+                f"VALUES ($1, $2, nextval('{q}.lease_token'), {now4} + $3::float8) "
+                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
+                f"expires_at = excluded.expires_at WHERE l.expires_at <= {now4} "
+                "OR l.owner = excluded.owner OR l.token = (SELECT released_token FROM cur) "
+                "RETURNING token, expires_at) "
+                + leased
             ),
-            "commit": (
-                f"SELECT outcome, actual FROM {q}.commit_session("
-                + ", ".join(f"${i}" for i in range(1, _COMMIT_ARGS + 1))
-                + ")"
-            ),
+            # The general path (postgres_schema, version 13): new and replaced sessions,
+            # conflicts, lost leases, retried commits, drops and summaries.
+            "commit": f"SELECT outcome, actual FROM {commit_call}",
+            # The usual commit: one UPDATE of the current row, guarded by id, version and the
+            # lease (held, unexpired, not released), releasing the lease in the same row; when
+            # it finds no row, the same statement takes the general path.
+            "commit_fast": commit_fast,
+            # A lease released by its commit (postgres_schema, version 13) is not renewed.
             "renew": (
                 f"UPDATE {q}.leases SET expires_at = {now.format('$3')} + $4 "
                 f"WHERE key = $1 AND token = $2 AND expires_at > {now.format('$3')} "
-                "RETURNING expires_at"
+                f"AND token IS DISTINCT FROM (SELECT released_token FROM {q}.sessions "
+                "WHERE key = $1 AND is_current) RETURNING expires_at"
             ),
             # A released lease keeps its row, free to anyone (postgres_schema, version 8).
             "release": f"UPDATE {q}.leases SET expires_at = 0 WHERE key = $1 AND token = $2",
             "delete": (
                 f"WITH d AS (DELETE FROM {q}.sessions WHERE key = $1 AND "
-                "CASE WHEN $2::text IS NULL THEN is_current ELSE id = $2 END RETURNING id, num), "
+                "CASE WHEN $2::text IS NULL THEN is_current ELSE id = $2 END "
+                "RETURNING id, num, released_token), "
                 + delete_rows
-                + f", fl AS (DELETE FROM {q}.leases WHERE key = $1 AND expires_at = 0 "
-                "AND EXISTS (SELECT FROM d)) SELECT count(*) FROM d"
+                # The key's lease row goes too when it is free: released, or released by the
+                # deleted session's last commit (postgres_schema, version 13).
+                + f", fl AS (DELETE FROM {q}.leases WHERE key = $1 AND (expires_at = 0 "
+                "OR token IN (SELECT released_token FROM d)) AND EXISTS (SELECT FROM d)) "
+                "SELECT count(*) FROM d"
             ),
             # Only while the current record still holds the unreadable document ($5, NULL
             # when the bytes are not JSON and so cannot be what the column holds): a record
             # written meanwhile by another writer stays.
             "quarantine": (
                 f"WITH d AS (DELETE FROM {q}.sessions WHERE key = $1 AND is_current "
-                "AND record = $5 RETURNING id, num), "
+                "AND record = $5 RETURNING id, num, released_token), "
                 + delete_rows
+                # A lease released by the removed session's last commit stays free.
+                + f", fl AS (UPDATE {q}.leases SET expires_at = 0 WHERE key = $1 "
+                "AND token IN (SELECT released_token FROM d))"
                 + f", ins AS (INSERT INTO {q}.quarantine (key, reason, at, raw) "
                 f"VALUES ($1, $2, {now.format('$3')}, $4)) SELECT count(*) FROM d"
             ),
@@ -706,17 +776,22 @@ class PostgresStore(Store):
         if history is not None and history.drop_messages_through is not None:
             split = await self._drop_split(record.id, history.drop_messages_through)
         args = self.commit_arguments(record, expected, lease, release, history, split=split)
+        if history is None or not (history.summaries or history.drop_summaries
+                                   or history.drop_messages_through is not None):
+            statement = self._sql["commit_fast"]
+        else:
+            statement = self._sql["commit"]
         try:
-            # Retried like a read: the function recognises a commit it already applied.
-            row = await self._read("commit", lambda c: c.fetchrow(self._sql["commit"], *args))
+            # Retried like a read: the commit recognises a commit it already applied.
+            row = await self._read("commit", lambda c: c.fetchrow(statement, *args))
         except _CONFLICT:
             raise ConflictError(key, expected, None) from None
-        outcome = row["outcome"]
+        outcome = row[0]
         if outcome == 1:
             assert lease is not None
             raise LeaseLost(key, lease.token)
         if outcome == 2:
-            raise ConflictError(key, expected, row["actual"])
+            raise ConflictError(key, expected, row[1])
 
     async def _drop_split(
         self, session_id: str, through: int
@@ -1110,15 +1185,16 @@ class PostgresStore(Store):
     async def lease_and_load(
         self, key: str, owner: str, ttl: float
     ) -> tuple[Lease | None, SessionRecord | None]:
+        args = (key, owner, float(ttl), self._now())
+        sql = self._sql
+
         row = await self._read(
-            "lease_and_load",
-            lambda c: c.fetchrow(self._sql["lease_and_load"], key, owner, float(ttl), self._now()),
+            "lease_and_load", lambda c: c.fetchrow(sql["lease_and_load"], *args)
         )
-        token = row["o_token"]
-        if token is None:
+        if row is None:  # held by another owner
             return None, None
-        lease = Lease(key=key, owner=owner, token=token, expires_at=row["o_expires_at"])
-        raw = row["o_record"]
+        lease = Lease(key=key, owner=owner, token=row[0], expires_at=row[1])
+        raw = row[2]
         if raw is None:
             return lease, None
         try:
