@@ -2,8 +2,9 @@
 
 Groups (``--only memory,sqlite,sqlite-full,bytes,claim,redis,postgres``; default all):
 
-* memory:   chatstate MemoryStore engine cycle vs aiogram MemoryStorage, and the floor of any
-            cycle on serialised records (decode + encode, no engine) for scale
+* memory:   chatstate MemoryStore engine cycle vs aiogram MemoryStorage (without and with
+            SimpleEventIsolation, the per-user ordering the engine gives), and the floor of
+            any cycle on serialised records (decode + encode, no engine) for scale
 * sqlite:   chatstate SQLiteStore vs plain stdlib sqlite3 SELECT + UPSERT, commit per message
             (WAL, synchronous=NORMAL)
 * sqlite-full: the same with power-loss durability on both sides (synchronous=FULL: an fsync
@@ -38,6 +39,7 @@ from .probes import PostgresProbe, Probe, RedisProbe
 from .systems import (
     SystemFactory,
     aiogram_memory,
+    aiogram_memory_isolated,
     aiogram_redis,
     chatstate_memory,
     chatstate_on,
@@ -58,6 +60,7 @@ GROUPS = ("memory", "sqlite", "sqlite-full", "bytes", "claim", "redis", "postgre
 MEMORY_ENGINE = "chatstate MemoryStore"
 SERIALISED_FLOOR = "floor: decode+encode only"
 AIOGRAM_MEMORY = "aiogram MemoryStorage"
+AIOGRAM_MEMORY_ISOLATED = "aiogram MemoryStorage+isolation"
 SQLITE_STORE = "chatstate SQLiteStore"
 RAW_SQLITE = "sqlite3 SELECT+UPSERT"
 SQLITE_STORE_FULL = "chatstate SQLiteStore (full)"
@@ -71,6 +74,7 @@ RAW_ASYNCPG = "asyncpg SELECT+UPSERT"
 
 RATIOS = [
     (MEMORY_ENGINE, AIOGRAM_MEMORY),
+    (MEMORY_ENGINE, AIOGRAM_MEMORY_ISOLATED),
     (SERIALISED_FLOOR, AIOGRAM_MEMORY),
     (SQLITE_STORE, RAW_SQLITE),
     (SQLITE_STORE_FULL, RAW_SQLITE_FULL),
@@ -132,6 +136,9 @@ async def bench_memory(report: Report, plan: Plan) -> None:
     for w in plan.workloads():
         await measure(report, plan, "memory", MEMORY_ENGINE, chatstate_memory, w)
         await measure(report, plan, "memory", AIOGRAM_MEMORY, aiogram_memory, w)
+        await measure(
+            report, plan, "memory", AIOGRAM_MEMORY_ISOLATED, aiogram_memory_isolated, w
+        )
         await measure(report, plan, "memory", SERIALISED_FLOOR, serialised_floor, w)
 
 

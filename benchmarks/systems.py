@@ -154,6 +154,27 @@ async def aiogram_memory(workload: Workload) -> AsyncIterator[Cycle]:
     await storage.close()
 
 
+@asynccontextmanager
+async def aiogram_memory_isolated(workload: Workload) -> AsyncIterator[Cycle]:
+    """MemoryStorage with SimpleEventIsolation, aiogram's per-key asyncio.Lock: the ordering
+    guarantee chatstate's engine gives (two updates of one user never interleave). Its lock
+    map keeps every key ever seen (chatstate's empties itself)."""
+    from aiogram.fsm.storage.base import StorageKey
+    from aiogram.fsm.storage.memory import MemoryStorage, SimpleEventIsolation
+
+    storage, isolation = MemoryStorage(), SimpleEventIsolation()
+    keys = [StorageKey(bot_id=1, chat_id=u, user_id=u) for u in range(workload.users)]
+
+    async def cycle(user: int, message: int) -> None:
+        key = keys[user]
+        async with isolation.lock(key):
+            await _aiogram_cycle(storage, key, message)
+
+    yield cycle
+    await isolation.close()
+    await storage.close()
+
+
 def aiogram_redis(url: str, *, isolated: bool) -> SystemFactory:
     """aiogram's RedisStorage; with `isolated`, each update runs under RedisEventIsolation's
     lock (what aiogram offers for per-user ordering across processes; off by default)."""

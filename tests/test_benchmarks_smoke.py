@@ -20,7 +20,8 @@ from backends import IN_CI, require_service, service_up
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
-    "memory": {"chatstate MemoryStore", "aiogram MemoryStorage", "floor: decode+encode only"},
+    "memory": {"chatstate MemoryStore", "aiogram MemoryStorage",
+               "aiogram MemoryStorage+isolation", "floor: decode+encode only"},
     "sqlite": {"chatstate SQLiteStore", "sqlite3 SELECT+UPSERT"},
     "sqlite-full": {"chatstate SQLiteStore (full)", "sqlite3 SELECT+UPSERT (full)"},
     "bytes": {"chatstate MemoryStore", "aiogram MemoryStorage", "dict of dicts"},
