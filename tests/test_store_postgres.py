@@ -28,7 +28,7 @@ from chatstate.model import HistoryChanges, Message, SessionRecord, new_record
 from chatstate.stores import open_store
 from chatstate.stores import postgres_schema as schema_sql
 from chatstate.stores.base import SessionFilter
-from chatstate.stores.postgres import PostgresStore, upgrade
+from chatstate.stores.postgres import PostgresStore, _init_connection, upgrade
 
 pytestmark = pytest.mark.postgres
 
@@ -842,3 +842,110 @@ async def test_a_closed_pool_fails_waiters_and_terminates_returned_connections()
     assert conn.closed and pool.size == 0
     with pytest.raises(PoolClosed):
         await pool.acquire(1.0)
+
+
+# -- implicit release (schema version 13) ----------------------------------------------------
+
+
+async def test_a_lease_never_waits_for_a_commit_nor_reads_behind_it(
+    schema: str, admin: Any
+) -> None:
+    """A commit releases its lease in the session row, so a lease-and-load running while that
+    commit is uncommitted finds the lease held (at once, no lock wait), and once the commit is
+    visible it gets the lease together with the committed record, never the one before."""
+    store = PostgresStore.from_url(store_url(schema))
+    await store.open()
+    try:
+        key = "telegram:user:1"
+        await one_update(store, key)
+        lease, record = await store.lease_and_load(key, "a", 30.0)
+        assert lease is not None and record is not None
+        record.data["n"] = 2
+        record.version = 2
+        args = store.commit_arguments(record, 1, lease, release=True)
+        await admin.execute(f"SET search_path = {schema}")
+        await _init_connection(admin)
+        transaction = admin.transaction()
+        await transaction.start()
+        try:
+            row = await admin.fetchrow(store._sql["commit_fast"], *args)
+            assert row["outcome"] == 0
+            # The commit is not visible yet: the lease is held, and asking does not block.
+            assert await asyncio.wait_for(store.lease_and_load(key, "b", 30.0), 3.0) == (
+                None, None)
+        finally:
+            await transaction.commit()
+        taken, loaded = await store.lease_and_load(key, "b", 30.0)
+        assert taken is not None and taken.token > lease.token
+        assert loaded is not None and loaded.version == 2 and loaded.data["n"] == 2
+    finally:
+        await store.close()
+
+
+async def test_a_lease_released_by_its_commit_is_spent(schema: str) -> None:
+    store = PostgresStore.from_url(store_url(schema))
+    await store.open()
+    try:
+        key = "telegram:user:1"
+        await one_update(store, key)
+        lease, record = await store.lease_and_load(key, "a", 30.0)
+        assert lease is not None and record is not None
+        record.version += 1
+        await store.commit(record, expected=record.version - 1, lease=lease, release=True)
+        assert await store.renew(lease, 30.0) is None  # released: nothing to renew
+        record.version += 1
+        with pytest.raises(LeaseLost):  # nor to commit with
+            await store.commit(record, expected=record.version - 1, lease=lease)
+        record.version -= 1
+        other, loaded = await store.lease_and_load(key, "b", 30.0)
+        assert other is not None and loaded == record
+        assert await store.lease_and_load(key, "a", 30.0) == (None, None)
+    finally:
+        await store.close()
+
+
+async def test_a_usual_commit_retried_after_a_lost_answer_applies_once(schema: str) -> None:
+    store = PostgresStore.from_url(store_url(schema))
+    await store.open()
+    try:
+        record = await one_update(store, "telegram:user:1")
+        lease, record_loaded = await store.lease_and_load(record.key, "worker", 30.0)
+        assert lease is not None and record_loaded is not None
+        record = record_loaded
+        record.data["n"] = 2
+        record.version = 2
+        message = Message(role="user", content="once", seq=2)
+        args = store.commit_arguments(
+            record, 1, lease, release=True, history=HistoryChanges(append=[message]))
+        for _attempt in range(2):
+            row = await store._read(
+                "commit", lambda c: c.fetchrow(store._sql["commit_fast"], *args))
+            assert row["outcome"] == 0
+        assert await store.count_messages(record.ref) == 2
+        assert [m.content for m in await store.read_tail(record.ref, 10)] == [
+            "message 1", "once"]
+    finally:
+        await store.close()
+
+
+async def test_deleting_or_quarantining_a_session_frees_its_released_lease(
+    schema: str, admin: Any
+) -> None:
+    store = PostgresStore.from_url(store_url(schema))
+    await store.open()
+    try:
+        leases = f'SELECT token, expires_at FROM "{schema}".leases WHERE key = $1'
+        await one_update(store, "telegram:user:1")
+        assert await store.delete("telegram:user:1")
+        assert await admin.fetch(leases, "telegram:user:1") == []
+
+        key = "telegram:user:2"
+        await one_update(store, key)
+        raw = await admin.fetchval(
+            f'SELECT record::text FROM "{schema}".sessions WHERE key = $1', key)
+        await store.quarantine(key, raw.encode(), "test")
+        assert await store.load(key) is None
+        other, record = await store.lease_and_load(key, "someone else", 30.0)
+        assert other is not None and record is None
+    finally:
+        await store.close()
