@@ -838,7 +838,7 @@ async def test_a_write_failing_halfway_on_the_loop_undoes_only_itself(tmp_path: 
                     raise fail
                 return name
 
-            return store._write(job)
+            return store._write(job, f"test:user:{name}")
 
         results = await asyncio.gather(
             put("a"), put("b"), put("bad", RuntimeError("halfway")), put("c"),
@@ -859,6 +859,62 @@ async def test_a_write_failing_halfway_on_the_loop_undoes_only_itself(tmp_path: 
         # A write in a later iteration is not affected.
         assert await put("g") == "g"
     finally:
+        await store.close()
+
+
+class _CountingConnection:
+    """Stands in for one of the store's connections and counts the statements run on it."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.statements = 0
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        self.statements += 1
+        return self.conn.execute(sql, params)
+
+
+async def test_loads_during_the_loops_transaction_never_see_its_uncommitted_writes(
+    tmp_path: Path,
+) -> None:
+    """While an iteration's writes are uncommitted on the loop's connection, a load of a
+    session they touch reads the committed record on the other connection; a load of any
+    other session reads on the loop's connection (warm cache, the same committed bytes)."""
+    store = await _store(tmp_path / "reads.db")
+    try:
+        for name in ("a", "b"):
+            record = new_record(f"t:user:{name}")
+            record.data = {"v": 1}
+            record.version = 1
+            await store.commit(record, expected=0)
+        loaded_a = await store.load("t:user:a")
+        assert loaded_a is not None
+        reads = store._reads
+        assert reads is not None
+        counting = _CountingConnection(reads)
+        store._reads = counting  # type: ignore[assignment]
+        seen: dict[str, object] = {}
+
+        async def write_a() -> None:
+            loaded_a.data = {"v": 2}
+            loaded_a.version = 2
+            await store.commit(loaded_a, expected=1)
+
+        async def read_both() -> None:
+            # Runs in the same iteration, after write_a's statement and before its COMMIT.
+            assert store._loop_tx is not None and store._loop_tx.writes == 1
+            a, b = await store.load("t:user:a"), await store.load("t:user:b")
+            assert a is not None and b is not None
+            seen.update(a=(a.version, a.data), b=(b.version, b.data))
+
+        await asyncio.gather(write_a(), read_both())
+        assert seen == {"a": (1, {"v": 1}), "b": (1, {"v": 1})}
+        assert counting.statements == 1  # only the load of "a" needed the other connection
+        after = await store.load("t:user:a")
+        assert after is not None and (after.version, after.data) == (2, {"v": 2})
+    finally:
+        if isinstance(store._reads, _CountingConnection):
+            store._reads = store._reads.conn  # type: ignore[assignment]
         await store.close()
 
 

@@ -15,11 +15,14 @@ there, since a read in WAL mode does not wait for writers. When no fsync is due 
 normal or off) and the worker has no write pending, leases and commits are written there too:
 the first write of an event-loop iteration begins a transaction, every write of the iteration
 runs in it at once, and its COMMIT runs before any of them returns (group commit without a
-thread hop: the two thread wake-ups of a hop cost more than the page written to the log; reads
-meanwhile use the loop's second connection, which sees only committed data). Whatever would
-wait (the write lock held by another process, synchronous=full, checkpoints) goes to the
-worker. A write always yields to the event loop at least once, as a hop would. Checkpoints run
-in the worker after about 1,000 pages were written to the log.
+thread hop: the two thread wake-ups of a hop cost more than the page written to the log). Reads
+meanwhile see only committed data. They run on the loop's second connection, except a load by
+key of a session that the open transaction has not written: that one stays on the first
+connection, where it reads the same committed bytes and whose page cache survives its own
+commits (the second's is dropped whenever the file changes). Whatever would wait (the write
+lock held by another process, synchronous=full, checkpoints) goes to the worker. A write
+always yields to the event loop at least once, as a hop would. Checkpoints run in the worker
+after about 1,000 pages were written to the log.
 
 Several processes may open one file; writers wait for each other up to `busy_timeout` seconds
 before `StoreUnavailable` is raised. Leases (kept in the file) serialise the updates of one key
@@ -295,12 +298,15 @@ _Opened = tuple[bool, sqlite3.Connection | None, sqlite3.Connection | None]
 class _LoopTx:
     """The write transaction of one event-loop iteration on the loop's connection."""
 
-    __slots__ = ("error", "lost", "writes")
+    __slots__ = ("error", "keys", "lost", "writes")
 
     def __init__(self) -> None:
         self.error: BaseException | None = None  # the COMMIT (or a statement) failed
         self.lost = False  # rolled back for another job's failure: run again
         self.writes = 0
+        # The session keys its writes touch: a load of any other key reads the same on this
+        # connection as on a fresh one (see `SQLiteStore.load`).
+        self.keys: set[str] = set()
 
 
 def _resolve(results: list[_Result]) -> None:
@@ -788,12 +794,22 @@ class SQLiteStore(Store):
             raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         return reader
 
-    def _read_now(self, sql: str, params: tuple[Any, ...]) -> builtins.list[Any] | None:
+    def _read_now(
+        self, sql: str, params: tuple[Any, ...], key: str | None = None
+    ) -> builtins.list[Any] | None:
         """Rows of a point query read on this event loop, or None when it must go through the
-        worker (another loop, :memory:, or SQLite asked to wait)."""
-        # The loop's own connection keeps its page cache across its commits; while it holds
-        # this iteration's uncommitted writes, reads go to the other one.
-        reader = self._reader if self._loop_tx is None else self._reads
+        worker (another loop, :memory:, or SQLite asked to wait).
+
+        The loop's own connection keeps its page cache across its commits; while it holds
+        this iteration's uncommitted writes, reads go to the other one (whose cache SQLite
+        drops whenever the file changed, so each read there costs a few page reads more),
+        except a read of session `key` that none of those writes touched: it sees there
+        exactly what it would see committed."""
+        tx = self._loop_tx
+        if tx is None or (key is not None and key not in tx.keys):
+            reader = self._reader
+        else:
+            reader = self._reads
         if reader is None or self._reader_loop is not asyncio.get_running_loop():
             return None
         try:
@@ -915,10 +931,10 @@ class SQLiteStore(Store):
     def _write_settled(self) -> None:
         self._writes_pending -= 1
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a write job: on the loop's connection when that cannot wait (see the module
-        docstring), in the transaction of this event-loop iteration; otherwise in the worker,
-        grouped with the writes pending there.
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], key: str) -> T:
+        """Run a write job that touches session `key`: on the loop's connection when that
+        cannot wait (see the module docstring), in the transaction of this event-loop
+        iteration; otherwise in the worker, grouped with the writes pending there.
 
         On the loop, the first write of an iteration begins a transaction and schedules its
         COMMIT (`_end_loop_tx`, next in the loop's queue); every write of the iteration runs
@@ -953,6 +969,7 @@ class SQLiteStore(Store):
             # Asked once per transaction, inside it (no other store can write a lease first).
             self._loop_tx_alone = self._lock_fd is None or _alone(self._lock_fd)
             loop.call_soon(self._end_loop_tx, tx)
+        tx.keys.add(key)
         try:
             value = fn(conn)
         except _REFUSALS:
@@ -972,7 +989,7 @@ class SQLiteStore(Store):
         if tx.error is not None:
             raise tx.error
         if tx.lost:  # another job failed halfway: nothing of this transaction stands
-            return await self._write(fn)
+            return await self._write(fn, key)
         return value
 
     def _end_loop_tx(self, tx: _LoopTx) -> None:
@@ -1049,7 +1066,7 @@ class SQLiteStore(Store):
     # -- records ----------------------------------------------------------------------------
 
     async def load(self, key: str) -> SessionRecord | None:
-        rows = self._read_now(_LOAD, (key,))
+        rows = self._read_now(_LOAD, (key,), key)
         if rows is None:
             rows = await self._run(lambda conn: conn.execute(_LOAD, (key,)).fetchall())
         return self._decode(bytes(rows[0][0]), key) if rows else None
@@ -1126,7 +1143,7 @@ class SQLiteStore(Store):
 
         if changes is not None:
             self._loop_commits += len(changes.messages)  # log pages: see CHECKPOINT_FRAMES
-        await self._write(job)
+        await self._write(job, key)
 
     def _history_rows(self, rid: str, history: HistoryChanges) -> _HistoryRows:
         pack, encode_summary = self.codec.pack_message, self.codec.encode_summary
@@ -1494,7 +1511,7 @@ class SQLiteStore(Store):
             lease = Lease(key=key, owner=owner, token=int(token), expires_at=now + ttl)
             return lease, None if blob is None else bytes(blob)
 
-        lease, raw = await self._write(job)
+        lease, raw = await self._write(job, key)
         if raw is None:
             return lease, None
         try:
