@@ -8,7 +8,9 @@ store with different owners stand for two processes, and a fake clock drives lea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -18,9 +20,29 @@ from chatstate.clock import FakeClock
 from chatstate.engine import SessionBusy, SessionManager
 from chatstate.errors import ConflictError, LeaseLost
 from chatstate.stores.base import Lease, Store
+from chatstate.stores.sqlite import SQLiteStore
 from redis_servers import require_redis_binaries
 
-SHARED_STORES = ["redis", "redis_cluster", "postgres"]
+SHARED_STORES = ["sqlite", "redis", "redis_cluster", "postgres"]
+
+
+@contextlib.asynccontextmanager
+async def _shared_store(name: str) -> AsyncIterator[Store]:
+    """The store `name` as several processes share it. An SQLiteStore takes leases only while
+    another store has its file open (``shared=auto``); here both "processes" use one store
+    object, so it is told to take them always (``shared=true``)."""
+    _require(name)
+    if name != "sqlite":
+        async with BACKENDS[name]() as store:
+            yield store
+        return
+    with tempfile.TemporaryDirectory(prefix="chatstate-test-") as directory:
+        store = SQLiteStore.from_url(f"sqlite:///{directory}/leases.db?shared=true")
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
 
 
 def _managers(store: Store, clock: FakeClock, **options: Any) -> tuple[SessionManager, ...]:
@@ -37,14 +59,13 @@ def _require(name: str) -> None:
         require_service("Redis", "127.0.0.1", 6379)
     elif name == "redis_cluster":
         require_redis_binaries()
-    else:
+    elif name == "postgres":
         require_service("PostgreSQL", "127.0.0.1", 5432)
 
 
 @pytest.mark.parametrize("name", SHARED_STORES)
 async def test_a_handler_that_outlives_its_lease_is_refused(name: str) -> None:
-    _require(name)
-    async with BACKENDS[name]() as store:
+    async with _shared_store(name) as store:
         clock = FakeClock()
         slow, fast = _managers(store, clock, lease_seconds=30.0, lock_timeout=5.0)
         key = "web:user:lease1"
@@ -68,8 +89,7 @@ async def test_a_handler_that_outlives_its_lease_is_refused(name: str) -> None:
 async def test_a_handler_whose_lease_is_renewed_is_never_interrupted(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _require(name)
-    async with BACKENDS[name]() as store:
+    async with _shared_store(name) as store:
         clock = FakeClock()
         # A short lease: the engine renews it every lease_seconds / 3 while the handler runs.
         holder, other = _managers(store, clock, lease_seconds=0.3, lock_timeout=0.0)
