@@ -15,15 +15,17 @@ script call, so a serialised update costs two round trips. On standalone Redis t
 on the store's own lean connection pool (see `_LeanPool`, `RedisStore._evalsha`): redis-py's
 client layer cost more client time per update than the requests themselves.
 
-Data layout, version 5 (P = prefix, B = the session base, K = canonical session key)::
+Data layout, version 6 (P = prefix, B = the session base, K = canonical session key)::
 
-    B:r           hash  the key's lease: o (owner, '' = free), t (fencing token), e (expiry);
-                        and its current session: id, and the row fields below
+    B:r           hash  the key's lease: o (owner of the last lease), t (fencing token), e
+                        (expiry, '0' once released); and its current session: id, and the
+                        row fields below
     B:s:<id>      hash  the row of a session that a newer one replaced at the key:
                         b (record), v, ag (aggregate contribution), nm, nk, nd (sums), st, fl,
                         sp (filter fields), gc, c (mark of the commit that wrote it), w, x, p
                         (due times, '' = none), wi, xi, pi (where its due entries sit),
-                        la (-last_activity, exact), lg (its listing group, the minute)
+                        la (-last_activity, exact), lg (its listing group, the minute),
+                        cm, cd (the sums as the aggregates hold them, while a fold is due)
     B:h:<id>      list  history, oldest first: 4-byte seq + message (Codec.pack_message's
                         form); a few bytes per entry where a sorted set costs ~100
     B:m:<id>      zset  score end_seq -> summary
@@ -32,22 +34,27 @@ Data layout, version 5 (P = prefix, B = the session base, K = canonical session 
     I:recent      zset  score -minute of last_activity -> "id K"  listing index, current and
                         replaced: its order gives the minutes newest first; a listing sorts
                         each minute by the exact time (the row's la) and id
-    I:agg         hash  field -> count            totals by status/platform/reason/step/label
+    I:agg         hash  field -> count            totals by status/platform/reason/step/label,
+                        and the sums m (messages), k (tokens), d (duration, ms)
+    I:dirty       set   "K id"                    rows whose sums m, d wait for a fold
     I:ids         hash  id -> K                   finds replaced sessions by id
     I:q           list  quarantined records
-    I:layout      string  the layout version ("5")
+    I:layout      string  the layout version ("6")
 
 The current session lives in the pointer hash itself, so an update touches one session key:
 `lease_and_load` is one HMGET and one HSET of B:r, and a commit one HMGET and one HSET of B:r
-plus only the index entries that must change (compared with the row's previous lg, wi, xi, pi,
-mt and sums fields, read by that same HMGET). The listing index holds minutes, so only the first
-commit of a session in a minute moves its entry; a listing page reads whole minutes (in calls of
-at most SCAN_BUDGET entries) and sorts them exactly, then fetches the page's records. The due
-index is lazy, as the MemoryStore's: a commit whose due time moved later (a sliding idle
+plus only the index entries that must change (compared with the row's previous lg, wi, xi, pi
+and mt fields, read by that same HMGET). The message and duration sums change with every
+message, so the aggregates take them lazily: a commit files its row in I:dirty once (keeping the
+folded values in cm, cd), and `stats()` folds the filed rows into I:agg first (FOLD, in calls of
+at most SCAN_BUDGET rows); `count()` needs no fold. The listing index holds minutes, so only the
+first commit of a session in a minute moves its entry; a listing page reads whole minutes (in
+calls of at most SCAN_BUDGET entries) and sorts them exactly, then fetches the page's records.
+The due index is lazy, as the MemoryStore's: a commit whose due time moved later (a sliding idle
 deadline, every message) leaves the entry where it is, and `claim_due` moves an early entry to
 the real time instead of handing it out. Lease times are fixed-width microsecond strings,
-compared as strings by the scripts. Layouts 1 to 4 are refused at `open()` with a
-ConfigurationError: start on an empty prefix.
+compared as strings by the scripts. Layout 5 is marked 6 at `open()` (its rows are all
+folded); layouts 1 to 4 are refused with a ConfigurationError: start on an empty prefix.
 
 Standalone Redis: B = ``P:{K}`` and I = ``P`` (one global index of each kind). Every script
 touches the session's keys and the global index keys together, atomically.
@@ -411,7 +418,7 @@ class RedisStore(Store):
         # request than redis-py's BlockingConnectionPool, with its condition and timer).
         self._slots = asyncio.Semaphore(max_connections)
         self._scripts: dict[str, Any] = {}
-        self._commit_index_keys: dict[int, tuple[str, str]] = {}
+        self._commit_index_keys: dict[int, str] = {}
 
     # -- construction -----------------------------------------------------------------------
 
@@ -494,7 +501,7 @@ class RedisStore(Store):
         scripts = {
             name: client.register_script(getattr(lua, name))
             for name in ("LEASE_AND_LOAD", "RENEW", "RELEASE", "COMMIT", "REMOVE", "HISTORY_TAIL",
-                         "HISTORY_RANGE", "CLAIM_DUE", "SCAN", "FETCH", "PUT_RAW", "LAYOUT")
+                         "HISTORY_RANGE", "CLAIM_DUE", "SCAN", "FETCH", "PUT_RAW", "LAYOUT", "FOLD")
         }
         self._client, self._scripts = client, scripts
         try:
@@ -511,7 +518,9 @@ class RedisStore(Store):
         layout = self.layout
         for bucket in layout.all_buckets:
             keys = [layout.index(bucket, name) for name in ("layout", "agg", "recent")]
-            found = _text(await self._script("LAYOUT", keys, [lua.LAYOUT_VERSION], retry=True))
+            found = _text(await self._script(
+                "LAYOUT", keys, [lua.LAYOUT_VERSION, lua.LAYOUT_UPGRADED_IN_PLACE], retry=True,
+            ))
             if found != lua.LAYOUT_VERSION:
                 raise ConfigurationError(
                     f"Redis prefix {self.prefix!r} holds data in store layout {found}; this "
@@ -673,20 +682,25 @@ class RedisStore(Store):
             gc_ms = math.ceil(max(self.gc_margin, record.purge_at - now + self.gc_margin) * 1000)
         warn, expires = record.due_at("warn"), record.due_at("expire")
         last_activity, created_at = record.last_activity, record.created_at
-        spec = ""
-        if history:
-            drop = history.drop_messages_through
-            spec = (f"{len(history.append)} {len(history.summaries)} "
-                    f"{'-' if drop is None else int(drop)} {int(history.drop_summaries)}")
-        listing, prefix = self._index_names(key)
-        keys = [f"{base}:r", listing, base, prefix]
+        extras = ""
+        if history or gc_ms:
+            spec = ""
+            if history:
+                drop = history.drop_messages_through
+                spec = (f"{len(history.append)} {len(history.summaries)} "
+                        f"{'-' if drop is None else int(drop)} {int(history.drop_summaries)}")
+            extras = f"{gc_ms};{spec}"
+        mark = os.urandom(12).hex()
+        if release and lease is not None:
+            mark += "r"  # the script releases the lease (see redis_scripts.COMMIT)
+        keys = [f"{base}:r", self._index_prefix(key)]
         args: list[Any] = [
-            expected, record.version, sid, blob, os.urandom(12).hex(),
+            expected, sid, blob, mark,
             lease.owner if lease else "", lease.token if lease else 0, _us(now),
-            "1" if release else "0", _float(-last_activity), _listing_group(last_activity),
+            _float(-last_activity), _listing_group(last_activity),
             "" if warn is None else _float(warn), "" if expires is None else _float(expires),
             record.counters.messages, round(max(0.0, last_activity - created_at) * 1000),
-            _Contribution.meta(record, purge, gc_ms > 0), key, gc_ms, spec,
+            _Contribution.meta(record, purge, gc_ms > 0), key, extras,
         ]
         if history:
             pack = self.codec.pack_message
@@ -697,23 +711,23 @@ class RedisStore(Store):
         # Retrying is safe: every attempt carries the same random mark, stored with the row,
         # so an attempt that finds its own mark knows that an earlier one whose answer was lost
         # was applied. Content is never compared: another writer may commit identical bytes.
-        status, value = await self._script("COMMIT", keys, args, retry=True)
-        if status == 1:
+        answer = await self._script("COMMIT", keys, args, retry=True)
+        if answer == 1:
             return
-        if status == -1:
+        answer = _text(answer)
+        if answer[0] == "l":
             assert lease is not None
             raise LeaseLost(key, lease.token)
-        raise ConflictError(key, expected, int(value) or None)
+        raise ConflictError(key, expected, int(answer[1:]) or None)
 
-    def _index_names(self, key: str) -> tuple[str, str]:
-        """(listing index, index prefix) of the key's bucket, built once per bucket: the
-        commit script names the other index keys from the prefix when it needs them."""
+    def _index_prefix(self, key: str) -> str:
+        """The index prefix of the key's bucket, built once per bucket: the commit script names
+        the index keys from it when it needs them."""
         bucket = self.layout.bucket(key)
-        names = self._commit_index_keys.get(bucket)
-        if names is None:
-            names = (self.layout.index(bucket, "recent"), self.layout.index(bucket, ""))
-            self._commit_index_keys[bucket] = names
-        return names
+        name = self._commit_index_keys.get(bucket)
+        if name is None:
+            name = self._commit_index_keys[bucket] = self.layout.index(bucket, "")
+        return name
 
     def _remove_keys(self, key: str) -> list[str]:
         layout = self.layout
@@ -853,11 +867,27 @@ class RedisStore(Store):
             found.update(zip(members, blobs, strict=True))
         return [found[m[1]] for m in matches]
 
-    async def _aggregate(self, filter: SessionFilter | None) -> dict[str, int]:
+    async def _fold(self, bucket: int) -> None:
+        """Fold the message and duration sums of the rows changed since the last fold into the
+        bucket's aggregates (see redis_scripts.COMMIT), in calls of at most SCAN_BUDGET rows.
+        Retrying is safe: each call is atomic and complete in itself. The calls are bounded by
+        what was waiting at the first one, so commits that keep coming cannot hold it up."""
+        head, tail, pointer_tail = self.layout.row_head_tail(bucket)
+        keys = [self.layout.index(bucket, "dirty"), self.layout.index(bucket, "agg")]
+        args = [head, tail, pointer_tail, SCAN_BUDGET]
+        left = int(await self._script("FOLD", keys, args, retry=True))
+        for _ in range(-(-left // SCAN_BUDGET)):
+            if not int(await self._script("FOLD", keys, args, retry=True)):
+                break
+
+    async def _aggregate(self, filter: SessionFilter | None, *, sums: bool = True
+                         ) -> dict[str, int]:
         await self._ensure()
         totals: dict[str, int] = {}
         if filter is None or not any(getattr(filter, f) is not None for f in _ALL_FILTERS):
             for bucket in self.layout.all_buckets:
+                if sums:
+                    await self._fold(bucket)
                 name = self.layout.index(bucket, "agg")
                 fields = await self._run(partial(self._c.hgetall, name), retry=True)
                 for field, amount in fields.items():
@@ -876,7 +906,8 @@ class RedisStore(Store):
         return totals
 
     async def count(self, filter: SessionFilter | None = None) -> SessionStats:
-        full = _stats_from(await self._aggregate(filter), ())
+        # Counts need no fold: the message and duration sums are not part of them.
+        full = _stats_from(await self._aggregate(filter, sums=False), ())
         return SessionStats(
             total=full.total, by_status=full.by_status, by_platform=full.by_platform
         )
@@ -962,12 +993,17 @@ class RedisStore(Store):
         expires = now + ttl
         backstop = int((ttl + POINTER_BACKSTOP) * 1000)
         # Retrying is safe: a second try by the same owner takes the lease again (new token).
-        token, blob = await self._script(
+        answer = await self._script(
             "LEASE_AND_LOAD", [f"{base}:r"],
             [owner, _us(now), _us(expires), backstop], retry=True,
         )
-        if token == 0:
-            return None, None
+        blob: bytes | None = None
+        if isinstance(answer, list):
+            return None, None  # busy: [0, the holder's expiry]
+        if isinstance(answer, bytes):
+            token, _, blob = answer.partition(b" ")
+        else:
+            token = answer
         lease = Lease(key=key, owner=owner, token=int(token), expires_at=expires)
         try:
             return lease, self._decode(blob, key)

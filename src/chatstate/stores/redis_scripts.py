@@ -47,14 +47,22 @@ end
 """
 
 # The layout version this module writes (see `chatstate.stores.redis`). Stores of an older
-# layout are refused at open() with a message saying what to do, never misread.
-LAYOUT_VERSION = "5"
+# layout are refused at open() with a message saying what to do, never misread. Layout 5 data
+# is layout 6 data whose sums are all folded (no row has 'cm'), so it is marked 6 in place:
+# from then on, a process of an older version refuses the prefix instead of miscounting.
+LAYOUT_VERSION = "6"
+LAYOUT_UPGRADED_IN_PLACE = "5"
 
-# KEYS: 1 layout marker, 2 aggregates, 3 listing index (of one bucket); ARGV: 1 layout version
+# KEYS: 1 layout marker, 2 aggregates, 3 listing index (of one bucket); ARGV: 1 layout version,
+# 2 the older version that is marked as ARGV[1] in place
 # -> the bucket's layout version: the marker, or '1' for data written before markers existed,
 #    or ARGV[1] for an empty bucket (the marker is set then)
 LAYOUT = """
 local v = redis.call('GET', KEYS[1])
+if v == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
 if v then return v end
 if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return '1' end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -67,7 +75,7 @@ return ARGV[1]
 # value changed). A replaced session's row moves to B:s:<id>.
 ROW_FIELDS = (
     "b", "v", "ag", "st", "fl", "sp", "gc", "nm", "nk", "nd", "c", "w", "x", "p", "la", "mt",
-    "wi", "xi", "pi", "lg",
+    "wi", "xi", "pi", "lg", "cm", "cd",
 )
 _ROW_FIELDS_LUA = ", ".join(f"'{name}'" for name in ROW_FIELDS)
 
@@ -75,18 +83,24 @@ _ROW_FIELDS_LUA = ", ".join(f"'{name}'" for name in ROW_FIELDS)
 # `chatstate.stores.redis._us`), so the scripts compare them as strings, without parsing numbers.
 # KEYS: 1 pointer
 # ARGV: 1 owner, 2 now, 3 expires_at, 4 expiry backstop (ms) of a pointer that holds no session
-# -> {token, blob|nil} when taken, {0, expires_at of the holder} when busy
+# -> taken: "<token> <blob>", or the token alone (an integer) when the key holds no session;
+#    busy: {0, expires_at of the holder}. (A table reply costs the server a few thousand
+#    instructions more than a string: Redis probes it for error and status fields.)
 LEASE_AND_LOAD = """
 local h = redis.call('HMGET', KEYS[1], 'o', 'e', 't', 'b')
 local o = h[1]
-if o and o ~= '' and o ~= ARGV[1] and (h[2] or '') > ARGV[2] then return {0, h[2]} end
 local token = (tonumber(h[3]) or 0) + 1
-redis.call('HSET', KEYS[1], 't', token, 'o', ARGV[1], 'e', ARGV[3])
+if o == ARGV[1] then  -- this owner's last lease (released or not): the owner field stays
+  redis.call('HSET', KEYS[1], 't', token, 'e', ARGV[3])
+else
+  if o and o ~= '' and (h[2] or '') > ARGV[2] then return {0, h[2]} end
+  redis.call('HSET', KEYS[1], 't', token, 'o', ARGV[1], 'e', ARGV[3])
+end
 if not h[4] then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return {token, false}
+  return token
 end
-return {token, h[4]}
+return token .. ' ' .. h[4]
 """
 
 # The corruption-injection hook (tests, maintenance): overwrite the current record's bytes.
@@ -107,11 +121,13 @@ redis.call('HSET', KEYS[1], 'e', ARGV[4])
 return 1
 """
 
-# KEYS: 1 pointer; ARGV: 1 owner, 2 token. The token counter stays so tokens keep growing.
+# KEYS: 1 pointer; ARGV: 1 owner, 2 token. The token counter stays so tokens keep growing, and
+# so does the owner: a lease whose expiry is '0' is free, and the owner's next lease then
+# writes two fields instead of three.
 RELEASE = """
 local l = redis.call('HMGET', KEYS[1], 'o', 't')
 if l[1] == ARGV[1] and l[2] == ARGV[2] then
-  redis.call('HSET', KEYS[1], 'o', '', 'e', '0')
+  redis.call('HSET', KEYS[1], 'e', '0')
   return 1
 end
 return 0
@@ -171,8 +187,18 @@ return out
 # The hot path of every update, so it is written for the common case: one HMGET and one HSET of
 # the pointer, and an index is written only when it must be (the previous values are the row's
 # own fields: 'lg' the listing group, 'wi'/'xi'/'pi' where the session's due entries sit, 'mt'
-# and the sums the aggregate contribution). The listing index holds a session at its minute
-# ('lg'), so only the first commit of a minute moves its entry; 'la' holds the exact time.
+# the rarely changing part, 'cm' whether the sums wait for a fold). The listing index holds a
+# session at its minute ('lg'), so only the first commit of a minute moves its entry; 'la'
+# holds the exact time. A field is written only when its value changes ('lg', 'wi', 'xi' and
+# the rare ones are not part of the common HSET).
+#
+# Server time goes mostly to fixed costs per element: each script argument, each field an HMGET
+# returns and each field an HSET writes becomes a Lua string and a table slot, and every
+# redis.call costs thousands of instructions before its command runs. So the script takes at
+# most 16 arguments (the ARGV table then grows no further), the steady path reads 11 fields,
+# writes 8 to 10 and makes two calls, and rare work is named from the pointer and the index
+# prefix (B is the pointer without ':r', the listing index is I .. 'recent') instead of
+# travelling as arguments.
 #
 # The due index is lazy, as in the MemoryStore: a session's entry of one kind sits at or before
 # its real due time ('w', 'x', 'p'), at the position its 'wi'/'xi'/'pi' field names. A commit
@@ -183,46 +209,54 @@ return out
 # entry to the end of the claim (and records that position), so a commit that sets a due time
 # before it puts the entry back at that time: the claim's hold ends with the commit.
 #
-# What changes with every message travels in its own argument (listing score, warn and expiry
-# times, message and duration sums). What rarely changes (status, flow, step, whether a GC
-# backstop is set, purge time, tokens, the categorical contribution) travels packed in one JSON
-# argument, `meta`, stored as it came in 'mt': when it equals the stored one, none of those
-# indexes is looked at and nothing is decoded; otherwise (and for a session new at the key) the
-# script decodes it, applies the differences and writes the individual fields that listings,
-# counts and deletions read. Other keys (rows, history, indexes) are named from the session
-# base B and the bucket's index prefix I.
+# The message and duration sums (aggregate fields 'm', 'd') change with every message, so they
+# are folded into the aggregates lazily (see FOLD): the aggregates hold each row's sums as of
+# its last fold. A row whose sums moved since then keeps the folded values in 'cm'/'cd' and its
+# member "K id" in the bucket's set I:dirty; the first commit after a fold records them (one
+# extra read and write), later ones only see that 'cm' is set. A row without 'cm' is folded
+# ('nm'/'nd' are in the aggregates). A session new at the key adds its sums at once.
 #
-# KEYS: 1 pointer, 2 listing index, 3 session base B, 4 index prefix I (ends with ':')
-# ARGV: 1 expected version (the stored one, '0' = none), 2 new version, 3 id, 4 blob,
-#       5 commit mark (random, the same for every attempt of one commit() call),
-#       6 lease owner ('' = no lease), 7 lease token, 8 now (microseconds, as lease times),
-#       9 release ('1'), 10 -last_activity (exact, 'la'), 11 listing group (the listing
-#       index's score, see SCAN), 12 warn due, 13 expire due ('' = none), 14 messages handled,
-#       15 duration (ms),
-#       16 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
+# What rarely changes (status, flow, step, whether a GC backstop is set, purge time, tokens, the
+# categorical contribution) travels packed in one JSON argument, `meta`, stored as it came in
+# 'mt': when it equals the stored one, none of those indexes is looked at and nothing is
+# decoded; otherwise (and for a session new at the key) the script decodes it, applies the
+# differences and writes the individual fields that listings, counts and deletions read.
+#
+# KEYS: 1 pointer, 2 index prefix I (ends with ':')
+# ARGV: 1 expected version (the stored one, '0' = none; the new one is this + 1), 2 id, 3 blob,
+#       4 commit mark (random, the same for every attempt of one commit() call; ends with 'r'
+#       when the commit releases the lease), 5 lease owner ('' = no lease), 6 lease token,
+#       7 now (microseconds, as lease times), 8 -last_activity (exact, 'la'), 9 listing group
+#       (the listing index's score, see SCAN), 10 warn due, 11 expire due ('' = none),
+#       12 messages handled, 13 duration (ms),
+#       14 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
 #          tokens, [field, amount, ...] (the categorical contribution)],
-#       17 canonical key, 18 GC backstop in ms ('0' = none),
-#       19 history: '' = no change, else "<n messages> <n summaries> <drop messages through
-#          ('-' = no)> <drop summaries ('1'|'0')>", 20.. one history entry per message (see
-#          _HISTORY_LUA), then (end_seq, blob) per summary
-# -> {1, version} committed (or found applied by an earlier attempt of this same call, whose
-#    answer was lost: recognised by its mark, never by content, since another writer may have
-#    committed identical bytes); {0, stored version} version conflict; {-1, stored token}
-#    lease lost
-COMMIT = _HISTORY_LUA + """
+#       15 canonical key,
+#       16 extras: '' = none, else "<GC backstop in ms, '0' = none>;<history>" where history is
+#          '' (no change) or "<n messages> <n summaries> <drop messages through ('-' = no)>
+#          <drop summaries ('1'|'0')>", 17.. one history entry per message (see _HISTORY_LUA),
+#          then (end_seq, blob) per summary
+# -> 1 committed (or found applied by an earlier attempt of this same call, whose answer was
+#    lost: recognised by its mark, never by content, since another writer may have committed
+#    identical bytes); "c<stored version>" version conflict; "l<stored token>" lease lost.
+#    (Scalars: a table reply costs the server a few thousand instructions more.)
+COMMIT = """
+local A = ARGV  -- a local: every global lookup costs
 local p = KEYS[1]
-local f = redis.call('HMGET', p, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'lg', 'wi', 'xi', 'nm',
-  'nd')
-local id = ARGV[3]
-if f[1] == ARGV[2] and f[2] == id and f[6] == ARGV[5] then return {1, ARGV[2]} end
-if ARGV[6] ~= '' and (f[3] ~= ARGV[6] or f[4] ~= ARGV[7] or (f[5] or '') <= ARGV[8]) then
-  return {-1, f[4] or '0'}
+local f = redis.call('HMGET', p, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'lg', 'wi', 'xi', 'cm')
+local id, version = A[2], tostring(A[1] + 1)
+if f[1] == version and f[2] == id and f[6] == A[4] then return 1 end
+local owner = A[5]
+if owner ~= '' and (f[3] ~= owner or f[4] ~= A[6] or (f[5] or '') <= A[7]) then
+  return 'l' .. (f[4] or '0')
 end
-if (f[1] or '0') ~= ARGV[1] then return {0, f[1] or '0'} end
-local B, I, key, meta = KEYS[3], KEYS[4], ARGV[17], ARGV[16]
+if (f[1] or '0') ~= A[1] then return 'c' .. (f[1] or '0') end
+local I, key, meta = KEYS[2], A[15], A[14]
 local old, rare = f, nil  -- rare: the previous ag, gc, pi, nk (read only when meta changed)
 local fresh = f[2] ~= id
+local member
 if fresh then
+  local B = string.sub(p, 1, -3)
   if f[2] then  -- the replaced session keeps its row (and its expiry) under its own id
     local names = {""" + _ROW_FIELDS_LUA + """}
     local values = redis.call('HMGET', p, unpack(names))
@@ -234,43 +268,60 @@ if fresh then
     redis.call('HSET', name, unpack(row))
     local ttl = redis.call('PTTL', p)
     if ttl > 0 then redis.call('PEXPIRE', name, ttl) end
+    redis.call('HDEL', p, 'cm', 'cd')
   end
   -- A row already stored under this id (a replaced session committed again) moves into the
-  -- pointer: its contribution and due entries are the ones this commit replaces.
+  -- pointer: its contribution and due entries are the ones this commit replaces. Its sums are
+  -- settled here (the aggregates hold 'cm'/'cd' when set, else 'nm'/'nd').
   local name = B .. ':s:' .. id
-  old = redis.call('HMGET', name, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'lg', 'wi', 'xi', 'nm',
-    'nd', 'ag', 'gc', 'pi', 'nk')
+  old = redis.call('HMGET', name, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'lg', 'wi', 'xi', 'cm',
+    'cd', 'ag', 'gc', 'pi', 'nk', 'nm', 'nd')
   rare = {old[13], old[14], old[15], old[16]}
   if old[1] then redis.call('DEL', name) end
   redis.call('HSET', I .. 'ids', id, key)
+  local agg = I .. 'agg'
+  local d = A[12] - (old[11] or old[17] or 0)
+  if d ~= 0 then redis.call('HINCRBY', agg, 'm', string.format('%d', d)) end
+  d = A[13] - (old[12] or old[18] or 0)
+  if d ~= 0 then redis.call('HINCRBY', agg, 'd', string.format('%d', d)) end
+  redis.call('HSET', p, 'wi', old[9] or '', 'xi', old[10] or '')
+elseif not f[11] then  -- the sums were folded: keep those values until the next fold
+  local s = redis.call('HMGET', p, 'nm', 'nd')
+  if s[1] ~= A[12] or s[2] ~= A[13] then
+    redis.call('HSET', p, 'cm', s[1] or '0', 'cd', s[2] or '0')
+    member = key .. ' ' .. id
+    redis.call('SADD', I .. 'dirty', member)
+  end
 end
-local d = ARGV[14] - (old[11] or 0)
-if d ~= 0 then redis.call('HINCRBY', I .. 'agg', 'm', string.format('%d', d)) end
-d = ARGV[15] - (old[12] or 0)
-if d ~= 0 then redis.call('HINCRBY', I .. 'agg', 'd', string.format('%d', d)) end
-local member
-local wi, at = old[9] or '', ARGV[12]
-if at ~= '' and (wi == '' or tonumber(wi) > tonumber(at)) then
-  member = key .. ' ' .. id
-  redis.call('ZADD', I .. 'due:warn', at, member)
-  wi = at
+local at = A[10]
+if at ~= '' then
+  local wi = old[9]
+  if not wi or wi == '' or tonumber(wi) > tonumber(at) then
+    member = member or (key .. ' ' .. id)
+    redis.call('ZADD', I .. 'due:warn', at, member)
+    redis.call('HSET', p, 'wi', at)
+  end
 end
-local xi = old[10] or ''
-at = ARGV[13]
-if at ~= '' and (xi == '' or tonumber(xi) > tonumber(at)) then
-  member = member or (key .. ' ' .. id)
-  redis.call('ZADD', I .. 'due:expire', at, member)
-  xi = at
+at = A[11]
+if at ~= '' then
+  local xi = old[10]
+  if not xi or xi == '' or tonumber(xi) > tonumber(at) then
+    member = member or (key .. ' ' .. id)
+    redis.call('ZADD', I .. 'due:expire', at, member)
+    redis.call('HSET', p, 'xi', at)
+  end
 end
-if ARGV[9] == '1' and ARGV[6] ~= '' then
-  redis.call('HSET', p, 'v', ARGV[2], 'b', ARGV[4], 'c', ARGV[5], 'la', ARGV[10], 'w', ARGV[12],
-    'x', ARGV[13], 'wi', wi, 'xi', xi, 'nm', ARGV[14], 'nd', ARGV[15], 'lg', ARGV[11], 'o', '',
-    'e', '0')
+if A[9] ~= old[8] then
+  redis.call('ZADD', I .. 'recent', A[9], id .. ' ' .. key)
+  redis.call('HSET', p, 'lg', A[9])
+end
+if owner ~= '' and string.byte(A[4], -1) == 114 then  -- 'r': release the lease
+  redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[8], 'w', A[10],
+    'x', A[11], 'nm', A[12], 'nd', A[13], 'e', '0')
 else
-  redis.call('HSET', p, 'v', ARGV[2], 'b', ARGV[4], 'c', ARGV[5], 'la', ARGV[10], 'w', ARGV[12],
-    'x', ARGV[13], 'wi', wi, 'xi', xi, 'nm', ARGV[14], 'nd', ARGV[15], 'lg', ARGV[11])
+  redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[8], 'w', A[10],
+    'x', A[11], 'nm', A[12], 'nd', A[13])
 end
-if ARGV[11] ~= old[8] then redis.call('ZADD', KEYS[2], ARGV[11], id .. ' ' .. key) end
 if fresh or old[7] ~= meta then
   if not rare then rare = redis.call('HMGET', p, 'ag', 'gc', 'pi', 'nk') end
   local agg = I .. 'agg'
@@ -288,7 +339,7 @@ if fresh or old[7] ~= meta then
       if amount ~= 0 then redis.call('HINCRBY', agg, field, string.format('%d', amount)) end
     end
   end
-  d = m[6] - (tonumber(rare[4]) or 0)
+  local d = m[6] - (tonumber(rare[4]) or 0)
   if d ~= 0 then redis.call('HINCRBY', agg, 'k', string.format('%d', d)) end
   local pi = rare[3] or ''
   if m[5] ~= '' and (pi == '' or tonumber(pi) > tonumber(m[5])) then
@@ -298,6 +349,7 @@ if fresh or old[7] ~= meta then
   redis.call('HSET', p, 'id', id, 'mt', meta, 'ag', ag, 'st', m[1], 'fl', m[2], 'sp', m[3],
     'gc', m[4], 'p', m[5], 'pi', pi, 'nk', string.format('%d', m[6]))
   if m[4] == '0' and rare[2] and rare[2] ~= '0' then  -- the backstop is lifted
+    local B = string.sub(p, 1, -3)
     redis.call('PERSIST', p)
     redis.call('PERSIST', B .. ':h:' .. id)
     redis.call('PERSIST', B .. ':m:' .. id)
@@ -305,14 +357,18 @@ if fresh or old[7] ~= meta then
     redis.call('PERSIST', p)  -- a pointer created by a lease had a backstop expiry
   end
 end
-if ARGV[18] ~= '0' then
-  redis.call('PEXPIRE', p, ARGV[18])
-  redis.call('PEXPIRE', B .. ':h:' .. id, ARGV[18])
-  redis.call('PEXPIRE', B .. ':m:' .. id, ARGV[18])
+if A[16] == '' then return 1 end
+local gc, spec = string.match(A[16], '^(%d*);(.*)$')
+local B = string.sub(p, 1, -3)
+if gc ~= '0' then
+  redis.call('PEXPIRE', p, gc)
+  redis.call('PEXPIRE', B .. ':h:' .. id, gc)
+  redis.call('PEXPIRE', B .. ':m:' .. id, gc)
 end
-if ARGV[19] ~= '' then
+if spec ~= '' then
+""" + _HISTORY_LUA + """
   local history, summaries = B .. ':h:' .. id, B .. ':m:' .. id
-  local nm, ns, drop, dropsum = string.match(ARGV[19], '^(%d+) (%d+) (%S+) (%d)$')
+  local nm, ns, drop, dropsum = string.match(spec, '^(%d+) (%d+) (%S+) (%d)$')
   nm, ns = tonumber(nm), tonumber(ns)
   if drop ~= '-' then
     local keep = lower_bound(history, tonumber(drop) + 1)
@@ -323,9 +379,9 @@ if ARGV[19] ~= '' then
   -- script stays one atomic step however many calls it makes.
   if nm > 0 then
     local last = redis.call('LINDEX', history, -1)
-    local sorted = not last or struct.unpack('>I4', last) < struct.unpack('>I4', ARGV[20])
+    local sorted = not last or struct.unpack('>I4', last) < struct.unpack('>I4', A[17])
     for i = 1, nm - 1 do
-      if struct.unpack('>I4', ARGV[19 + i]) >= struct.unpack('>I4', ARGV[20 + i]) then
+      if struct.unpack('>I4', A[16 + i]) >= struct.unpack('>I4', A[17 + i]) then
         sorted = false
       end
     end
@@ -334,7 +390,7 @@ if ARGV[19] ~= '' then
       items = redis.call('LRANGE', history, 0, -1)
       redis.call('DEL', history)
     end
-    for i = 0, nm - 1 do items[#items + 1] = ARGV[20 + i] end
+    for i = 0, nm - 1 do items[#items + 1] = A[17 + i] end
     if not sorted then
       for i = 1, #items do items[i] = {struct.unpack('>I4', items[i]), i, items[i]} end
       table.sort(items, function(x, y)
@@ -350,12 +406,12 @@ if ARGV[19] ~= '' then
   for first = 0, ns - 1, 250 do
     local z = {}
     for i = first, math.min(ns, first + 250) - 1 do
-      z[#z + 1] = ARGV[20 + nm + 2 * i]; z[#z + 1] = ARGV[20 + nm + 2 * i + 1]
+      z[#z + 1] = A[17 + nm + 2 * i]; z[#z + 1] = A[17 + nm + 2 * i + 1]
     end
     redis.call('ZADD', summaries, unpack(z))
   end
 end
-return {1, ARGV[2]}
+return 1
 """
 
 # KEYS: 1 pointer, 2 row prefix, 3 history prefix, 4 summaries prefix,
@@ -381,7 +437,7 @@ end
 local current = cur == id
 local row = KEYS[2] .. id
 if current then row = KEYS[1] end
-local f = redis.call('HMGET', row, 'b', 'ag', 'nm', 'nk', 'nd')
+local f = redis.call('HMGET', row, 'b', 'ag', 'nm', 'nk', 'nd', 'cm', 'cd')
 if ARGV[3] == 'quarantine' and f[1] ~= ARGV[7] then
   file_entry()  -- replaced meanwhile by another writer: keep that record
   return 0
@@ -389,7 +445,7 @@ end
 local found = 0
 if f[1] then found = 1 end
 if f[2] then apply_delta(KEYS[9], f[2], false) end
-apply_sums(KEYS[9], f[3], f[4], f[5], 0, 0, 0)
+apply_sums(KEYS[9], f[6] or f[3], f[4], f[7] or f[5], 0, 0, 0)  -- what the aggregates hold
 local member = ARGV[1] .. ' ' .. id
 for i = 5, 7 do redis.call('ZREM', KEYS[i], member) end
 redis.call('ZREM', KEYS[8], id .. ' ' .. ARGV[1])
@@ -571,4 +627,32 @@ for i = 4, #ARGV do
   out[#out + 1] = f[2]
 end
 return out
+"""
+
+# Folds the sums of rows changed since the last fold into the aggregates (see COMMIT): takes up
+# to `limit` members "K id" from the bucket's dirty set, adds each row's sums minus the folded
+# values it kept ('cm'/'cd') and drops those. Members whose row is gone or already folded are
+# just dropped (a deletion subtracts the folded values itself).
+# KEYS: 1 dirty set, 2 aggregates; ARGV: 1 row key head, 2 row key tail, 3 pointer key tail,
+# 4 limit -> members left in the dirty set
+FOLD = """
+local dm, dd = 0, 0
+for _, member in ipairs(redis.call('SPOP', KEYS[1], ARGV[4])) do
+  local id = string.match(member, '([^ ]+)$')
+  local key = string.sub(member, 1, #member - #id - 1)
+  local row = ARGV[1] .. key .. ARGV[3]
+  local r = redis.call('HMGET', row, 'id', 'cm', 'cd', 'nm', 'nd')
+  if r[1] ~= id then
+    row = ARGV[1] .. key .. ARGV[2] .. id
+    r = redis.call('HMGET', row, 'v', 'cm', 'cd', 'nm', 'nd')
+  end
+  if r[1] and r[2] then
+    dm = dm + (tonumber(r[4]) or 0) - (tonumber(r[2]) or 0)
+    dd = dd + (tonumber(r[5]) or 0) - (tonumber(r[3]) or 0)
+    redis.call('HDEL', row, 'cm', 'cd')
+  end
+end
+if dm ~= 0 then redis.call('HINCRBY', KEYS[2], 'm', string.format('%d', dm)) end
+if dd ~= 0 then redis.call('HINCRBY', KEYS[2], 'd', string.format('%d', dd)) end
+return redis.call('SCARD', KEYS[1])
 """
