@@ -28,7 +28,12 @@ from chatstate.model import HistoryChanges, Message, SessionRecord, new_record
 from chatstate.stores import open_store
 from chatstate.stores import postgres_schema as schema_sql
 from chatstate.stores.base import SessionFilter
-from chatstate.stores.postgres import PostgresStore, _init_connection, upgrade
+from chatstate.stores.postgres import (
+    PostgresStore,
+    _fast_arguments,
+    _init_connection,
+    upgrade,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -133,7 +138,9 @@ async def test_an_update_costs_two_round_trips(schema: str) -> None:
         )
         await store.open()
         try:
-            # The first update on a connection prepares its statements (cached afterwards).
+            # The first updates on a connection prepare their statements (cached afterwards):
+            # a session's first commit and a later one are different statements.
+            await one_update(store, "telegram:user:1")
             await one_update(store, "telegram:user:1")
             before = proxy.turns
             updates = 25
@@ -159,8 +166,9 @@ async def test_an_engine_update_costs_two_round_trips(schema: str) -> None:
         )
         manager = SessionManager(store, clock=FakeClock())
         try:
-            async with manager.session("telegram:user:7") as s:  # warm-up (creates)
-                s.data["n"] = 0
+            for _ in range(2):  # warm-up: creates, then updates (each prepares a statement)
+                async with manager.session("telegram:user:7") as s:
+                    s.data["n"] = 0
             before = proxy.turns
             for i in range(10):
                 async with manager.session("telegram:user:7") as s:
@@ -868,8 +876,7 @@ async def test_a_lease_never_waits_for_a_commit_nor_reads_behind_it(
         transaction = admin.transaction()
         await transaction.start()
         try:
-            row = await admin.fetchrow(store._sql["commit_fast"], *args)
-            assert row["outcome"] == 0
+            assert await admin.fetchval(store._sql["commit_fast"], *_fast_arguments(args)) == 1
             # The commit is not visible yet: the lease is held, and asking does not block.
             assert await asyncio.wait_for(store.lease_and_load(key, "b", 30.0), 3.0) == (
                 None, None)
@@ -917,10 +924,20 @@ async def test_a_usual_commit_retried_after_a_lost_answer_applies_once(schema: s
         message = Message(role="user", content="once", seq=2)
         args = store.commit_arguments(
             record, 1, lease, release=True, history=HistoryChanges(append=[message]))
+        # As commit() does on each attempt: the usual statement, then the general path when
+        # it wrote nothing. The second attempt's usual statement finds the version moved on,
+        # and the general path recognises the commit as its own.
+        applied = []
         for _attempt in range(2):
-            row = await store._read(
-                "commit", lambda c: c.fetchrow(store._sql["commit_fast"], *args))
-            assert row["outcome"] == 0
+            async def attempt(conn: Any) -> Any:
+                if await conn.fetchval(store._sql["commit_fast"], *_fast_arguments(args)):
+                    applied.append(True)
+                    return None
+                return await conn.fetchrow(store._sql["commit"], *args)
+
+            row = await store._read("commit", attempt)
+            assert row is None or row["outcome"] == 0
+        assert applied == [True]
         assert await store.count_messages(record.ref) == 2
         assert [m.content for m in await store.read_tail(record.ref, 10)] == [
             "message 1", "once"]
