@@ -28,8 +28,9 @@ for a WAL flush (``synchronous_commit`` off for it alone: a lost lease is harmle
 is one plain statement whose UPDATE of the current row is guarded by id, version and lease
 (compare-and-set and fencing) and releases the lease *implicitly* by storing its token in the
 row (a lease whose token is its session's ``released_token`` is free), with the history rows in
-a CTE; anything else (a new session, a conflict, a lost lease, a retried commit, drops) is
-taken by the plpgsql ``commit_session`` in the same statement. A usual commit is one HOT update
+a CTE. A session's first commit, drops and summaries go to the plpgsql ``commit_session`` (the
+general path) at once, and a usual commit whose UPDATE wrote nothing (a conflict, a lost lease,
+a replaced session, a retry after a lost answer) asks it next. A usual commit is one HOT update
 touching no index. Connections go back to the store's own pool (`postgres_pool`) without a
 reset query (the store never leaves session state behind: no LISTEN, advisory locks or SET;
 the lease's ``set_config`` is local to its transaction) and without asyncpg.Pool's

@@ -976,8 +976,8 @@ $$;
 #   record as of before the wait). A lease that was released is also refused by renew and by
 #   commit. An explicit release (no commit) still sets expires_at to 0.
 # * The usual commit is one plain UPDATE of the current row guarded by id, version, the lease's
-#   token and expiry (and not released), with the history rows in a CTE; when it finds no row
-#   the same statement calls `commit_session` (below), the general path.
+#   token and expiry (and not released), with the history rows in a CTE (the store's SQL); when
+#   it finds no row the store calls `commit_session` (below), the general path.
 # * `commit_session` is that general path only (new sessions, replaced sessions, conflicts, lost
 #   leases, retried commits, drops and summaries). It checks the lease without locking its row:
 #   as in version 4, a writer whose expired lease is taken meanwhile cannot lose an update, the
