@@ -166,9 +166,10 @@ async def test_an_engine_update_costs_two_round_trips(schema: str) -> None:
         )
         manager = SessionManager(store, clock=FakeClock())
         try:
-            for _ in range(2):  # warm-up: creates, then updates (each prepares a statement)
+            for i in range(2):  # warm-up: creates, then updates (each prepares a statement)
                 async with manager.session("telegram:user:7") as s:
                     s.data["n"] = 0
+                    s.append(Message(role="user", content=f"warm-up {i}"))
             before = proxy.turns
             for i in range(10):
                 async with manager.session("telegram:user:7") as s:
@@ -178,6 +179,13 @@ async def test_an_engine_update_costs_two_round_trips(schema: str) -> None:
             assert proxy.turns - before == 2 * 10
             record = await store.load("telegram:user:7")
             assert record is not None and record.data["n"] == 10
+            # An update without history has a statement of its own (prepared once).
+            for i in range(6):
+                if i == 1:
+                    before = proxy.turns
+                async with manager.session("telegram:user:7") as s:
+                    s.data["n"] = 11 + i
+            assert proxy.turns - before == 2 * 5
         finally:
             await manager.aclose()
 
@@ -876,7 +884,8 @@ async def test_a_lease_never_waits_for_a_commit_nor_reads_behind_it(
         transaction = admin.transaction()
         await transaction.start()
         try:
-            assert await admin.fetchval(store._sql["commit_fast"], *_fast_arguments(args)) == 1
+            name, fast_args = _fast_arguments(args)
+            assert await admin.fetchval(store._sql[name], *fast_args) == 1
             # The commit is not visible yet: the lease is held, and asking does not block.
             assert await asyncio.wait_for(store.lease_and_load(key, "b", 30.0), 3.0) == (
                 None, None)
@@ -928,9 +937,11 @@ async def test_a_usual_commit_retried_after_a_lost_answer_applies_once(schema: s
         # it wrote nothing. The second attempt's usual statement finds the version moved on,
         # and the general path recognises the commit as its own.
         applied = []
+        name, fast_args = _fast_arguments(args)
+        assert name == "commit_fast_history"
         for _attempt in range(2):
             async def attempt(conn: Any) -> Any:
-                if await conn.fetchval(store._sql["commit_fast"], *_fast_arguments(args)):
+                if await conn.fetchval(store._sql[name], *fast_args):
                     applied.append(True)
                     return None
                 return await conn.fetchrow(store._sql["commit"], *args)

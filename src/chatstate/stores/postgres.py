@@ -197,10 +197,13 @@ _COMMIT_ARGS = 34  # parameters of commit_session (postgres_schema, version 10)
 _APPLIED = (0, None)  # commit_session's (outcome, actual) for a commit written
 
 
-def _fast_arguments(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The usual commit's parameters out of commit_session's: all but platform, scope (only a
-    new row needs them), summaries, drops and the split row."""
-    return (*args[0:5], *args[7:26], args[29])
+def _fast_arguments(args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+    """The usual commit's statement and parameters out of commit_session's parameters: all but
+    platform, scope (only a new row needs them), summaries, drops and the split row, and the
+    history ones only when there is history."""
+    if args[21] is None:
+        return "commit_fast", (*args[0:5], *args[7:21], args[29])
+    return "commit_fast_history", (*args[0:5], *args[7:21], args[25], *args[21:25], args[29])
 _ROW_ENCODER = msgspec.msgpack.Encoder()
 _ROW_DECODER = msgspec.msgpack.Decoder(list[int | bytes])
 # A history body may be stored deflated with this preset dictionary (postgres_schema, version
@@ -444,9 +447,10 @@ class PostgresStore(Store):
         )
         # The usual commit (postgres_schema, version 13): one UPDATE of the current row,
         # guarded by id, version and the lease (held, unexpired, not released), releasing the
-        # lease in the same row, and the commit's history rows (none when the arrays are
-        # NULL: one statement text, one prepared statement per connection). Its parameters are
-        # `_fast_arguments` of the commit's. No row: nothing was written, and the general
+        # lease in the same row, and (commit_fast_history) the commit's history rows: a CTE
+        # inserting nothing still cost ~20 us of executor start-up per commit, so a commit
+        # without history has a statement of its own. Its parameters are `_fast_arguments` of
+        # the commit's. No row: nothing was written, and the general
         # path (`commit_session`) decides. The fallback is not a branch of this statement:
         # initialising a function scan and an Append on every commit cost about a tenth of
         # the server's time per update with 64 updates at a time.
@@ -455,7 +459,7 @@ class PostgresStore(Store):
             f"WITH s AS (UPDATE {q}.sessions SET status = $5, flow = $6, step = $7, "
             "created_at = $8, last_activity = $9, warn_at = $10, expires_at = $11, "
             "purge_at = $12, close_reason = $13, messages = $14, tokens = $15, "
-            "history_count = history_count + $24::bigint, "
+            "history_count = history_count + $20::bigint, "
             "labels = coalesce($16::jsonb -> 'labels', '{}'::jsonb), "
             f"activity_bucket = {bucket.format(9)}, warn_bucket = {bucket.format(10)}, "
             f"expire_bucket = {bucket.format(11)}, purge_bucket = {bucket.format(12)}, "
@@ -464,11 +468,19 @@ class PostgresStore(Store):
             "WHERE key = $1 AND is_current AND id = $2 AND version = $3 "
             "AND ($17::bigint IS NULL OR (released_token IS DISTINCT FROM $17::bigint AND "
             f"EXISTS (SELECT FROM {q}.leases l WHERE l.key = $1 AND l.token = $17::bigint "
-            f"AND l.expires_at > {now.format('$19')}))) RETURNING num), "
+            f"AND l.expires_at > {now.format('$19')}))) RETURNING num)"
+        )
+        commit_fast_history = (
+            f"{commit_fast}, "
             f"h AS (INSERT INTO {q}.history (sid, seq, n, body, txt) "
-            "SELECT s.num, h.seq, h.n, h.body, h.txt FROM s, unnest($20::bigint[], "
-            "$21::integer[], $22::bytea[], $23::text[]) AS h(seq, n, body, txt)) "
+            "SELECT s.num, h.seq, h.n, h.body, h.txt FROM s, unnest($21::bigint[], "
+            "$22::integer[], $23::bytea[], $24::text[]) AS h(seq, n, body, txt)) "
             "SELECT 1 FROM s"
+        )
+        # Without history: no count to add, and the mark is $20.
+        commit_fast = (
+            commit_fast.replace("history_count + $20::bigint", "history_count")
+            .replace("commit_mark = $25", "commit_mark = $20") + " SELECT 1 FROM s"
         )
         sql = {
             "load": f"SELECT record FROM {q}.sessions WHERE key = $1 AND is_current",
@@ -491,6 +503,7 @@ class PostgresStore(Store):
             # conflicts, lost leases, retried commits, drops and summaries.
             "commit": f"SELECT outcome, actual FROM {commit_call}",
             "commit_fast": commit_fast,
+            "commit_fast_history": commit_fast_history,
             # A lease released by its commit (postgres_schema, version 13) is not renewed.
             "renew": (
                 f"UPDATE {q}.leases SET expires_at = {now.format('$3')} + $4 "
@@ -789,8 +802,10 @@ class PostgresStore(Store):
                                     or history.drop_messages_through is not None))
         sql = self._sql
 
+        name, fast_args = _fast_arguments(args)
+
         async def run(conn: Any) -> Any:
-            if fast and await conn.fetchval(sql["commit_fast"], *_fast_arguments(args)):
+            if fast and await conn.fetchval(sql[name], *fast_args):
                 return _APPLIED
             return await conn.fetchrow(sql["commit"], *args)
 
