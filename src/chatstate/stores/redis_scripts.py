@@ -186,17 +186,17 @@ return out
 
 # The hot path of every update, so it is written for the common case: one HMGET and one HSET of
 # the pointer, and an index is written only when it must be (the previous values are the row's
-# own fields: 'lg' the listing group, 'wi'/'xi'/'pi' where the session's due entries sit, 'mt'
-# the rarely changing part, 'cm' whether the sums wait for a fold). The listing index holds a
-# session at its minute ('lg'), so only the first commit of a minute moves its entry; 'la'
+# own fields: 'lg' the listing group (and whether the sums wait for a fold), 'wi'/'xi'/'pi'
+# where the session's due entries sit, 'mt' the rarely changing part). The listing index holds
+# a session at its minute ('lg'), so only the first commit of a minute moves its entry; 'la'
 # holds the exact time. A field is written only when its value changes ('lg', 'wi', 'xi' and
 # the rare ones are not part of the common HSET).
 #
 # Server time goes mostly to fixed costs per element: each script argument, each field an HMGET
 # returns and each field an HSET writes becomes a Lua string and a table slot, and every
 # redis.call costs thousands of instructions before its command runs. So the script takes at
-# most 16 arguments (the ARGV table then grows no further), the steady path reads 11 fields,
-# writes 8 to 10 and makes two calls, and rare work is named from the pointer and the index
+# most 16 arguments (the ARGV table then grows no further), the steady path reads 9 fields,
+# writes 8 or 9 and makes two calls, and rare work is named from the pointer and the index
 # prefix (B is the pointer without ':r', the listing index is I .. 'recent') instead of
 # travelling as arguments.
 #
@@ -211,10 +211,12 @@ return out
 #
 # The message and duration sums (aggregate fields 'm', 'd') change with every message, so they
 # are folded into the aggregates lazily (see FOLD): the aggregates hold each row's sums as of
-# its last fold. A row whose sums moved since then keeps the folded values in 'cm'/'cd' and its
-# member "K id" in the bucket's set I:dirty; the first commit after a fold records them (one
-# extra read and write), later ones only see that 'cm' is set. A row without 'cm' is folded
-# ('nm'/'nd' are in the aggregates). A session new at the key adds its sums at once.
+# its last fold. A row whose sums moved since then keeps the folded values in 'cm'/'cd', its
+# member "K id" in the bucket's set I:dirty and a '*' after its listing group in 'lg' (which
+# the commit reads anyway); the first commit after a fold files it (one extra read and write),
+# later ones only see the '*'. A row without 'cm' is folded ('nm'/'nd' are in the
+# aggregates). A session new at the key adds its sums at once. The commit mark 'c' is read
+# only when the lease or version check fails (to recognise an applied earlier attempt).
 #
 # What rarely changes (status, flow, step, whether a GC backstop is set, purge time, tokens, the
 # categorical contribution) travels packed in one JSON argument, `meta`, stored as it came in
@@ -243,16 +245,21 @@ return out
 COMMIT = """
 local A = ARGV  -- a local: every global lookup costs
 local p = KEYS[1]
-local f = redis.call('HMGET', p, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'lg', 'wi', 'xi', 'cm')
+local f = redis.call('HMGET', p, 'v', 'id', 'o', 't', 'e', 'mt', 'lg', 'wi', 'xi')
 local id, version = A[2], tostring(A[1] + 1)
-if f[1] == version and f[2] == id and f[6] == A[4] then return 1 end
 local owner = A[5]
-if owner ~= '' and (f[3] ~= owner or f[4] ~= A[6] or (f[5] or '') <= A[7]) then
-  return 'l' .. (f[4] or '0')
+local lost = owner ~= '' and (f[3] ~= owner or f[4] ~= A[6] or (f[5] or '') <= A[7])
+if lost or (f[1] or '0') ~= A[1] then
+  -- An earlier attempt of this same call was applied and its answer lost (its lease may be
+  -- released since): recognised by the mark, never by content.
+  if f[1] == version and f[2] == id and redis.call('HGET', p, 'c') == A[4] then return 1 end
+  if lost then return 'l' .. (f[4] or '0') end
+  return 'c' .. (f[1] or '0')
 end
-if (f[1] or '0') ~= A[1] then return 'c' .. (f[1] or '0') end
 local I, key, meta = KEYS[2], A[15], A[14]
-local old, rare = f, nil  -- rare: the previous ag, gc, pi, nk (read only when meta changed)
+-- The row's previous meta, listing group (with '*' while a fold is due), due positions; and
+-- rare: the previous ag, gc, pi, nk (read only when meta changed)
+local mt, lg, wi, xi, rare = f[6], f[7], f[8], f[9], nil
 local fresh = f[2] ~= id
 local member
 if fresh then
@@ -272,48 +279,49 @@ if fresh then
   end
   -- A row already stored under this id (a replaced session committed again) moves into the
   -- pointer: its contribution and due entries are the ones this commit replaces. Its sums are
-  -- settled here (the aggregates hold 'cm'/'cd' when set, else 'nm'/'nd').
+  -- settled here (the aggregates hold 'cm'/'cd' when set, else 'nm'/'nd'), so it is folded.
   local name = B .. ':s:' .. id
-  old = redis.call('HMGET', name, 'v', 'id', 'o', 't', 'e', 'c', 'mt', 'lg', 'wi', 'xi', 'cm',
-    'cd', 'ag', 'gc', 'pi', 'nk', 'nm', 'nd')
-  rare = {old[13], old[14], old[15], old[16]}
+  local old = redis.call('HMGET', name, 'v', 'mt', 'lg', 'wi', 'xi', 'cm', 'cd', 'nm', 'nd',
+    'ag', 'gc', 'pi', 'nk')
+  mt, lg, wi, xi = old[2], old[3], old[4], old[5]
+  rare = {old[10], old[11], old[12], old[13]}
   if old[1] then redis.call('DEL', name) end
   redis.call('HSET', I .. 'ids', id, key)
   local agg = I .. 'agg'
-  local d = A[12] - (old[11] or old[17] or 0)
+  local d = A[12] - (old[6] or old[8] or 0)
   if d ~= 0 then redis.call('HINCRBY', agg, 'm', string.format('%d', d)) end
-  d = A[13] - (old[12] or old[18] or 0)
+  d = A[13] - (old[7] or old[9] or 0)
   if d ~= 0 then redis.call('HINCRBY', agg, 'd', string.format('%d', d)) end
-  redis.call('HSET', p, 'wi', old[9] or '', 'xi', old[10] or '')
-elseif not f[11] then  -- the sums were folded: keep those values until the next fold
-  local s = redis.call('HMGET', p, 'nm', 'nd')
-  if s[1] ~= A[12] or s[2] ~= A[13] then
-    redis.call('HSET', p, 'cm', s[1] or '0', 'cd', s[2] or '0')
-    member = key .. ' ' .. id
-    redis.call('SADD', I .. 'dirty', member)
-  end
+  redis.call('HSET', p, 'wi', wi or '', 'xi', xi or '')
 end
 local at = A[10]
-if at ~= '' then
-  local wi = old[9]
-  if not wi or wi == '' or tonumber(wi) > tonumber(at) then
-    member = member or (key .. ' ' .. id)
-    redis.call('ZADD', I .. 'due:warn', at, member)
-    redis.call('HSET', p, 'wi', at)
-  end
+if at ~= '' and (not wi or wi == '' or tonumber(wi) > tonumber(at)) then
+  member = key .. ' ' .. id
+  redis.call('ZADD', I .. 'due:warn', at, member)
+  redis.call('HSET', p, 'wi', at)
 end
 at = A[11]
-if at ~= '' then
-  local xi = old[10]
-  if not xi or xi == '' or tonumber(xi) > tonumber(at) then
-    member = member or (key .. ' ' .. id)
-    redis.call('ZADD', I .. 'due:expire', at, member)
-    redis.call('HSET', p, 'xi', at)
-  end
+if at ~= '' and (not xi or xi == '' or tonumber(xi) > tonumber(at)) then
+  member = member or (key .. ' ' .. id)
+  redis.call('ZADD', I .. 'due:expire', at, member)
+  redis.call('HSET', p, 'xi', at)
 end
-if A[9] ~= old[8] then
-  redis.call('ZADD', I .. 'recent', A[9], id .. ' ' .. key)
-  redis.call('HSET', p, 'lg', A[9])
+-- The steady state: same minute, row already filed for a fold ('lg' ends with '*').
+if lg ~= A[9] .. '*' then
+  local due = lg and string.byte(lg, -1) == 42  -- '*': the row waits for a fold
+  if due then lg = string.sub(lg, 1, -2) end
+  if fresh then due = false end  -- its sums were settled above
+  if lg ~= A[9] then redis.call('ZADD', I .. 'recent', A[9], id .. ' ' .. key) end
+  if not due and not fresh then  -- the sums were folded: keep those values until the next fold
+    local s = redis.call('HMGET', p, 'nm', 'nd')
+    if s[1] ~= A[12] or s[2] ~= A[13] then
+      redis.call('HSET', p, 'cm', s[1] or '0', 'cd', s[2] or '0')
+      member = member or (key .. ' ' .. id)
+      redis.call('SADD', I .. 'dirty', member)
+      due = true
+    end
+  end
+  if due then redis.call('HSET', p, 'lg', A[9] .. '*') else redis.call('HSET', p, 'lg', A[9]) end
 end
 if owner ~= '' and string.byte(A[4], -1) == 114 then  -- 'r': release the lease
   redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[8], 'w', A[10],
@@ -322,7 +330,7 @@ else
   redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[8], 'w', A[10],
     'x', A[11], 'nm', A[12], 'nd', A[13])
 end
-if fresh or old[7] ~= meta then
+if fresh or mt ~= meta then
   if not rare then rare = redis.call('HMGET', p, 'ag', 'gc', 'pi', 'nk') end
   local agg = I .. 'agg'
   local m = cjson.decode(meta)
@@ -641,15 +649,18 @@ for _, member in ipairs(redis.call('SPOP', KEYS[1], ARGV[4])) do
   local id = string.match(member, '([^ ]+)$')
   local key = string.sub(member, 1, #member - #id - 1)
   local row = ARGV[1] .. key .. ARGV[3]
-  local r = redis.call('HMGET', row, 'id', 'cm', 'cd', 'nm', 'nd')
+  local r = redis.call('HMGET', row, 'id', 'cm', 'cd', 'nm', 'nd', 'lg')
   if r[1] ~= id then
     row = ARGV[1] .. key .. ARGV[2] .. id
-    r = redis.call('HMGET', row, 'v', 'cm', 'cd', 'nm', 'nd')
+    r = redis.call('HMGET', row, 'v', 'cm', 'cd', 'nm', 'nd', 'lg')
   end
   if r[1] and r[2] then
     dm = dm + (tonumber(r[4]) or 0) - (tonumber(r[2]) or 0)
     dd = dd + (tonumber(r[5]) or 0) - (tonumber(r[3]) or 0)
     redis.call('HDEL', row, 'cm', 'cd')
+    if r[6] and string.byte(r[6], -1) == 42 then  -- '*': filed; the next change files it again
+      redis.call('HSET', row, 'lg', string.sub(r[6], 1, -2))
+    end
   end
 end
 if dm ~= 0 then redis.call('HINCRBY', KEYS[2], 'm', string.format('%d', dm)) end
