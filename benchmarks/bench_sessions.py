@@ -98,12 +98,16 @@ class Plan:
     claim_due: int
     claim_repeats: int
     max_seconds: float | None = None  # time box per throughput configuration
+    # Rounds per configuration: every system of a group runs once per round, one after the
+    # other, so a ratio pairs runs made moments apart (see `Report.ratio`).
+    repeat: int = 1
 
     def workloads(self) -> list[Workload]:
         return [
             Workload(users=u, messages=self.messages, concurrency=c)
             for u in self.users
             for c in self.concurrency
+            for _ in range(self.repeat)
         ]
 
 
@@ -340,6 +344,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-seconds", type=float, default=None, metavar="S",
                         help="time box per throughput configuration (default 5 s, 0 for none): "
                         "no new user starts after that, so figures cover the users done")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="rounds per throughput configuration (default 1); ratios are "
+                        "the median of the rounds, each pairing runs made one after the other")
     parser.add_argument("--claim-full", action="store_true",
                         help="claim among 1,000,000 sessions on SQLite too (minutes to fill)")
     parser.add_argument("--only", default=",".join(GROUPS),
@@ -365,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.claim_full:
         plan = dataclasses.replace(plan, claim_among_sqlite=plan.claim_among)
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
+    plan = dataclasses.replace(plan, repeat=args.repeat)
     if args.max_seconds is not None:
         plan = dataclasses.replace(plan, max_seconds=args.max_seconds or None)
     asyncio.run(run(args.groups, plan, report))

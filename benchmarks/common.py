@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -170,18 +171,30 @@ class Report:
             console.print(table)
 
     def ratio(self, system: str, peer: str, *, label: str | None = None) -> list[str]:
-        """'system / peer = 1.7x' for every configuration both ran (throughput)."""
+        """'system / peer = 1.7x' for every configuration both ran (throughput). A
+        configuration run in several rounds (`--repeat`) pairs the k-th run of `system` with
+        the k-th of `peer` (measured one after the other) and gives the median of the rounds'
+        ratios with their range."""
         lines = []
-        for r in self.results:
-            if r.system != system or not r.messages:
+        for users, concurrency in dict.fromkeys(
+            (r.users, r.concurrency) for r in self.results if r.system == system and r.messages
+        ):
+            ours, theirs = (
+                [r.msgs_per_s for r in self.results
+                 if r.system == name and r.messages and r.users == users
+                 and r.concurrency == concurrency]
+                for name in (system, peer)
+            )
+            values = sorted(a / b for a, b in zip(ours, theirs, strict=False) if b)
+            if not values:
                 continue
-            p = self.find(peer, r.users, r.concurrency)
-            if p is None or not p.msgs_per_s:
-                continue
-            value = r.msgs_per_s / p.msgs_per_s
+            spread = (
+                f", median of {len(values)} rounds, {values[0]:.2f}-{values[-1]:.2f}"
+                if len(values) > 1 else ""
+            )
             lines.append(
-                f"{label or system} / {peer} = {value:.2f}x "
-                f"({r.users:,} users, concurrency {r.concurrency})"
+                f"{label or system} / {peer} = {statistics.median(values):.2f}x "
+                f"({users:,} users, concurrency {concurrency}{spread})"
             )
         return lines
 

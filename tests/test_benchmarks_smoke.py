@@ -113,3 +113,25 @@ def test_the_lifecycle_benchmark_expires_every_session_it_seeds() -> None:
     fields = dict(re.findall(r"(\w+)=\s*([\d.]+)", line))
     assert int(fields["sessions"]) == int(fields["expired"]) > 0
     assert float(fields["p99"]) > 0
+
+
+def test_ratios_pair_the_runs_of_each_round_and_give_their_median() -> None:
+    """`--repeat`: the k-th run of a system is compared with the k-th run of its peer (made
+    moments apart), and the median of those ratios is quoted with their range."""
+    import io
+
+    from benchmarks.common import Report, Result
+
+    report = Report(out=io.StringIO())
+    for ours, theirs in ((90.0, 100.0), (50.0, 40.0), (80.0, 100.0)):  # 0.9, 1.25, 0.8
+        for system, rate in (("peer", theirs), ("ours", ours)):
+            report.add(Result(group="g", system=system, users=10, concurrency=1, messages=10,
+                              msgs_per_s=rate))
+    report.add(Result(group="g", system="ours", users=20, concurrency=1, messages=10,
+                      msgs_per_s=30.0))
+    report.add(Result(group="g", system="peer", users=20, concurrency=1, messages=10,
+                      msgs_per_s=20.0))
+    assert report.ratio("ours", "peer") == [
+        "ours / peer = 0.90x (10 users, concurrency 1, median of 3 rounds, 0.80-1.25)",
+        "ours / peer = 1.50x (20 users, concurrency 1)",
+    ]
