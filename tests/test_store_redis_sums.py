@@ -1,5 +1,5 @@
-"""RedisStore's lazy message and duration sums (layout 6): commits file a changed row in the
-bucket's dirty set once, and `stats()` folds the filed rows into the aggregates first. Whatever
+"""RedisStore's lazy message and duration sums (layouts 6 and 7): commits file a changed row in
+the bucket's dirty set once, and `stats()` folds the filed rows into the aggregates first. Whatever
 happens to a row between two folds (more commits, a new session at its key, a deletion, a
 replaced session committed again), the figures `stats()` returns are exact.
 
@@ -135,9 +135,9 @@ async def test_a_fold_larger_than_one_call(store: RedisStore) -> None:
     assert await _dirty(store) == 0
 
 
-async def test_a_layout_5_prefix_is_marked_6_in_place() -> None:
+async def test_a_layout_5_prefix_is_marked_7_in_place() -> None:
     require_service("Redis", "127.0.0.1", 6379)
-    assert LAYOUT_VERSION == "6"
+    assert LAYOUT_VERSION == "7"
     prefix = "layout5upgrade"
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
@@ -145,7 +145,7 @@ async def test_a_layout_5_prefix_is_marked_6_in_place() -> None:
         await client.hset(f"{prefix}:agg", mapping={"t": 1, "m": 7})
         store = RedisStore.from_url(REDIS_URL, prefix=prefix)
         await store.open()
-        assert await client.get(f"{prefix}:layout") == b"6"
+        assert await client.get(f"{prefix}:layout") == b"7"
         assert (await store.stats()).messages == 7  # nothing filed: the sums were folded
         await store.close()
         await client.set(f"{prefix}:layout", "4")

@@ -15,11 +15,11 @@ script call, so a serialised update costs two round trips. On standalone Redis t
 on the store's own lean connection pool (see `_LeanPool`, `RedisStore._evalsha`): redis-py's
 client layer cost more client time per update than the requests themselves.
 
-Data layout, version 6 (P = prefix, B = the session base, K = canonical session key)::
+Data layout, version 7 (P = prefix, B = the session base, K = canonical session key)::
 
-    B:r           hash  the key's lease: o (owner of the last lease), t (fencing token), e
-                        (expiry, '0' once released); and its current session: id, and the
-                        row fields below
+    B:r           hash  the key's lease: l = "<expiry><fencing token>:<owner>" (expiry all
+                        zeros once released; token and owner stay); and its current session:
+                        id, and the row fields below
     B:s:<id>      hash  the row of a session that a newer one replaced at the key:
                         b (record), v, ag (aggregate contribution), nm, nk, nd (sums), st, fl,
                         sp (filter fields), gc, c (mark of the commit that wrote it), w, x, p
@@ -39,7 +39,7 @@ Data layout, version 6 (P = prefix, B = the session base, K = canonical session 
     I:dirty       set   "K id"                    rows whose sums m, d wait for a fold
     I:ids         hash  id -> K                   finds replaced sessions by id
     I:q           list  quarantined records
-    I:layout      string  the layout version ("6")
+    I:layout      string  the layout version ("7")
 
 The current session lives in the pointer hash itself, so an update touches one session key:
 `lease_and_load` is one HMGET and one HSET of B:r, and a commit one HMGET and one HSET of B:r
@@ -53,8 +53,9 @@ calls of at most SCAN_BUDGET entries) and sorts them exactly, then fetches the p
 The due index is lazy, as the MemoryStore's: a commit whose due time moved later (a sliding idle
 deadline, every message) leaves the entry where it is, and `claim_due` moves an early entry to
 the real time instead of handing it out. Lease times are fixed-width microsecond strings,
-compared as strings by the scripts. Layout 5 is marked 6 at `open()` (its rows are all
-folded); layouts 1 to 4 are refused with a ConfigurationError: start on an empty prefix.
+compared as strings by the scripts. Layouts 5 and 6 are marked 7 at `open()` (their rows need
+no change; a pointer's lease moves into 'l' at its next lease); layouts 1 to 4 are refused with
+a ConfigurationError: start on an empty prefix.
 
 Standalone Redis: B = ``P:{K}`` and I = ``P`` (one global index of each kind). Every script
 touches the session's keys and the global index keys together, atomically.
@@ -519,7 +520,7 @@ class RedisStore(Store):
         for bucket in layout.all_buckets:
             keys = [layout.index(bucket, name) for name in ("layout", "agg", "recent")]
             found = _text(await self._script(
-                "LAYOUT", keys, [lua.LAYOUT_VERSION, lua.LAYOUT_UPGRADED_IN_PLACE], retry=True,
+                "LAYOUT", keys, [lua.LAYOUT_VERSION, *lua.LAYOUT_UPGRADED_IN_PLACE], retry=True,
             ))
             if found != lua.LAYOUT_VERSION:
                 raise ConfigurationError(
@@ -695,8 +696,7 @@ class RedisStore(Store):
             mark += "r"  # the script releases the lease (see redis_scripts.COMMIT)
         keys = [f"{base}:r", self._index_prefix(key)]
         args: list[Any] = [
-            expected, sid, blob, mark,
-            lease.owner if lease else "", lease.token if lease else 0, _us(now),
+            expected, sid, blob, mark, f"{lease.token}:{lease.owner}" if lease else "", _us(now),
             _float(-last_activity), _listing_group(last_activity),
             "" if warn is None else _float(warn), "" if expires is None else _float(expires),
             record.counters.messages, round(max(0.0, last_activity - created_at) * 1000),
@@ -1015,7 +1015,7 @@ class RedisStore(Store):
         expires = now + ttl
         ok = await self._script(
             "RENEW", [f"{self.layout.base(lease.key)}:r"],
-            [lease.owner, lease.token, _us(now), _us(expires)],
+            [f"{lease.token}:{lease.owner}", _us(now), _us(expires)],
             retry=True,
         )
         if not ok:
@@ -1024,7 +1024,7 @@ class RedisStore(Store):
 
     async def release(self, lease: Lease) -> None:
         await self._script(
-            "RELEASE", [f"{self.layout.base(lease.key)}:r"], [lease.owner, lease.token],
+            "RELEASE", [f"{self.layout.base(lease.key)}:r"], [f"{lease.token}:{lease.owner}"],
             retry=True,
         )
 

@@ -47,21 +47,25 @@ end
 """
 
 # The layout version this module writes (see `chatstate.stores.redis`). Stores of an older
-# layout are refused at open() with a message saying what to do, never misread. Layout 5 data
-# is layout 6 data whose sums are all folded (no row has 'cm'), so it is marked 6 in place:
-# from then on, a process of an older version refuses the prefix instead of miscounting.
-LAYOUT_VERSION = "6"
-LAYOUT_UPGRADED_IN_PLACE = "5"
+# layout are refused at open() with a message saying what to do, never misread. Layouts 5 and
+# 6 are marked 7 in place: layout 5 data is layout 7 data whose sums are all folded (no row has
+# 'cm'), and a pointer of either keeps its lease in fields o, t, e until its next lease moves it
+# into 'l' (see LEASE_AND_LOAD). From then on, a process of an older version refuses the prefix
+# instead of misreading it.
+LAYOUT_VERSION = "7"
+LAYOUT_UPGRADED_IN_PLACE = ("5", "6")
 
 # KEYS: 1 layout marker, 2 aggregates, 3 listing index (of one bucket); ARGV: 1 layout version,
-# 2 the older version that is marked as ARGV[1] in place
+# 2.. the older versions that are marked as ARGV[1] in place
 # -> the bucket's layout version: the marker, or '1' for data written before markers existed,
 #    or ARGV[1] for an empty bucket (the marker is set then)
 LAYOUT = """
 local v = redis.call('GET', KEYS[1])
-if v == ARGV[2] then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return ARGV[1]
+for i = 2, #ARGV do
+  if v == ARGV[i] then
+    redis.call('SET', KEYS[1], ARGV[1])
+    return ARGV[1]
+  end
 end
 if v then return v end
 if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return '1' end
@@ -79,28 +83,39 @@ ROW_FIELDS = (
 )
 _ROW_FIELDS_LUA = ", ".join(f"'{name}'" for name in ROW_FIELDS)
 
-# Lease times (o's expiry e, and `now`) are fixed-width microsecond strings (see
-# `chatstate.stores.redis._us`), so the scripts compare them as strings, without parsing numbers.
+# The lease is one field of the pointer, 'l' = "<expiry><token>:<owner>": the expiry a
+# fixed-width microsecond string (see `chatstate.stores.redis._us`; all zeros once released),
+# compared with `now` as a string without parsing numbers; the token, which only grows (a
+# release keeps it, and the owner); the owner. One field where three cost the server a field
+# read and write each on every lease and commit. Pointers written by layout 6 or older keep
+# the lease in fields o, t, e: the next lease_and_load moves it into 'l'.
+RELEASED = "0" * 17
+
 # KEYS: 1 pointer
 # ARGV: 1 owner, 2 now, 3 expires_at, 4 expiry backstop (ms) of a pointer that holds no session
 # -> taken: "<token> <blob>", or the token alone (an integer) when the key holds no session;
 #    busy: {0, expires_at of the holder}. (A table reply costs the server a few thousand
 #    instructions more than a string: Redis probes it for error and status fields.)
 LEASE_AND_LOAD = """
-local h = redis.call('HMGET', KEYS[1], 'o', 'e', 't', 'b')
-local o = h[1]
-local token = (tonumber(h[3]) or 0) + 1
-if o == ARGV[1] then  -- this owner's last lease (released or not): the owner field stays
-  redis.call('HSET', KEYS[1], 't', token, 'e', ARGV[3])
-else
-  if o and o ~= '' and (h[2] or '') > ARGV[2] then return {0, h[2]} end
-  redis.call('HSET', KEYS[1], 't', token, 'o', ARGV[1], 'e', ARGV[3])
+local h = redis.call('HMGET', KEYS[1], 'l', 'b')
+local l, e, token, o, legacy = h[1], '', 0, nil, nil
+if l then
+  e = string.sub(l, 1, 17)
+  local t = string.match(l, '^%d+', 18)
+  token, o = tonumber(t), string.sub(l, 19 + #t)
+else  -- a key new to leases, or a lease of layout 6 or older
+  legacy = redis.call('HMGET', KEYS[1], 'o', 'e', 't')
+  o, e, token = legacy[1], legacy[2] or '', tonumber(legacy[3]) or 0
 end
-if not h[4] then
+if o and o ~= '' and o ~= ARGV[1] and e > ARGV[2] then return {0, e} end
+token = token + 1
+redis.call('HSET', KEYS[1], 'l', ARGV[3] .. token .. ':' .. ARGV[1])
+if legacy and legacy[3] then redis.call('HDEL', KEYS[1], 'o', 'e', 't') end
+if not h[2] then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   return token
 end
-return token .. ' ' .. h[4]
+return token .. ' ' .. h[2]
 """
 
 # The corruption-injection hook (tests, maintenance): overwrite the current record's bytes.
@@ -111,23 +126,20 @@ redis.call('HSET', KEYS[1], 'b', ARGV[1])
 return 1
 """
 
-# KEYS: 1 pointer; ARGV: 1 owner, 2 token, 3 now, 4 new expires_at (microsecond strings)
+# KEYS: 1 pointer; ARGV: 1 "<token>:<owner>", 2 now, 3 new expires_at (microsecond strings)
 RENEW = """
-local l = redis.call('HMGET', KEYS[1], 'o', 't', 'e')
-if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] or (l[3] or '') <= ARGV[3] then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'e', ARGV[4])
+local l = redis.call('HGET', KEYS[1], 'l')
+if not l or string.sub(l, 18) ~= ARGV[1] or string.sub(l, 1, 17) <= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'l', ARGV[3] .. ARGV[1])
 return 1
 """
 
-# KEYS: 1 pointer; ARGV: 1 owner, 2 token. The token counter stays so tokens keep growing, and
-# so does the owner: a lease whose expiry is '0' is free, and the owner's next lease then
-# writes two fields instead of three.
+# KEYS: 1 pointer; ARGV: 1 "<token>:<owner>". The token and owner stay (tokens keep growing):
+# the expiry becomes all zeros.
 RELEASE = """
-local l = redis.call('HMGET', KEYS[1], 'o', 't')
-if l[1] == ARGV[1] and l[2] == ARGV[2] then
-  redis.call('HSET', KEYS[1], 'e', '0')
+local l = redis.call('HGET', KEYS[1], 'l')
+if l and string.sub(l, 18) == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'l', '""" + RELEASED + """' .. ARGV[1])
   return 1
 end
 return 0
@@ -195,7 +207,7 @@ return out
 # Server time goes mostly to fixed costs per element: each script argument, each field an HMGET
 # returns and each field an HSET writes becomes a Lua string and a table slot, and every
 # redis.call costs thousands of instructions before its command runs. So the script takes at
-# most 16 arguments (the ARGV table then grows no further), the steady path reads 9 fields,
+# most 16 arguments (the ARGV table then grows no further), the steady path reads 7 fields,
 # writes 8 or 9 and makes two calls, and rare work is named from the pointer and the index
 # prefix (B is the pointer without ':r', the listing index is I .. 'recent') instead of
 # travelling as arguments.
@@ -227,16 +239,16 @@ return out
 # KEYS: 1 pointer, 2 index prefix I (ends with ':')
 # ARGV: 1 expected version (the stored one, '0' = none; the new one is this + 1), 2 id, 3 blob,
 #       4 commit mark (random, the same for every attempt of one commit() call; ends with 'r'
-#       when the commit releases the lease), 5 lease owner ('' = no lease), 6 lease token,
-#       7 now (microseconds, as lease times), 8 -last_activity (exact, 'la'), 9 listing group
-#       (the listing index's score, see SCAN), 10 warn due, 11 expire due ('' = none),
-#       12 messages handled, 13 duration (ms),
-#       14 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
+#       when the commit releases the lease), 5 lease "<token>:<owner>" ('' = no lease),
+#       6 now (microseconds, as lease times), 7 -last_activity (exact, 'la'), 8 listing group
+#       (the listing index's score, see SCAN), 9 warn due, 10 expire due ('' = none),
+#       11 messages handled, 12 duration (ms),
+#       13 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
 #          tokens, [field, amount, ...] (the categorical contribution)],
-#       15 canonical key,
-#       16 extras: '' = none, else "<GC backstop in ms, '0' = none>;<history>" where history is
+#       14 canonical key,
+#       15 extras: '' = none, else "<GC backstop in ms, '0' = none>;<history>" where history is
 #          '' (no change) or "<n messages> <n summaries> <drop messages through ('-' = no)>
-#          <drop summaries ('1'|'0')>", 17.. one history entry per message (see _HISTORY_LUA),
+#          <drop summaries ('1'|'0')>", 16.. one history entry per message (see _HISTORY_LUA),
 #          then (end_seq, blob) per summary
 # -> 1 committed (or found applied by an earlier attempt of this same call, whose answer was
 #    lost: recognised by its mark, never by content, since another writer may have committed
@@ -245,21 +257,21 @@ return out
 COMMIT = """
 local A = ARGV  -- a local: every global lookup costs
 local p = KEYS[1]
-local f = redis.call('HMGET', p, 'v', 'id', 'o', 't', 'e', 'mt', 'lg', 'wi', 'xi')
+local f = redis.call('HMGET', p, 'v', 'id', 'l', 'mt', 'lg', 'wi', 'xi')
 local id, version = A[2], tostring(A[1] + 1)
-local owner = A[5]
-local lost = owner ~= '' and (f[3] ~= owner or f[4] ~= A[6] or (f[5] or '') <= A[7])
+local lease, l = A[5], f[3] or ''
+local lost = lease ~= '' and (string.sub(l, 18) ~= lease or string.sub(l, 1, 17) <= A[6])
 if lost or (f[1] or '0') ~= A[1] then
   -- An earlier attempt of this same call was applied and its answer lost (its lease may be
   -- released since): recognised by the mark, never by content.
   if f[1] == version and f[2] == id and redis.call('HGET', p, 'c') == A[4] then return 1 end
-  if lost then return 'l' .. (f[4] or '0') end
+  if lost then return 'l' .. (string.match(l, '^%d+', 18) or '0') end
   return 'c' .. (f[1] or '0')
 end
-local I, key, meta = KEYS[2], A[15], A[14]
+local I, key, meta = KEYS[2], A[14], A[13]
 -- The row's previous meta, listing group (with '*' while a fold is due), due positions; and
 -- rare: the previous ag, gc, pi, nk (read only when meta changed)
-local mt, lg, wi, xi, rare = f[6], f[7], f[8], f[9], nil
+local mt, lg, wi, xi, rare = f[4], f[5], f[6], f[7], nil
 local fresh = f[2] ~= id
 local member
 if fresh then
@@ -288,47 +300,47 @@ if fresh then
   if old[1] then redis.call('DEL', name) end
   redis.call('HSET', I .. 'ids', id, key)
   local agg = I .. 'agg'
-  local d = A[12] - (old[6] or old[8] or 0)
+  local d = A[11] - (old[6] or old[8] or 0)
   if d ~= 0 then redis.call('HINCRBY', agg, 'm', string.format('%d', d)) end
-  d = A[13] - (old[7] or old[9] or 0)
+  d = A[12] - (old[7] or old[9] or 0)
   if d ~= 0 then redis.call('HINCRBY', agg, 'd', string.format('%d', d)) end
   redis.call('HSET', p, 'wi', wi or '', 'xi', xi or '')
 end
-local at = A[10]
+local at = A[9]
 if at ~= '' and (not wi or wi == '' or tonumber(wi) > tonumber(at)) then
   member = key .. ' ' .. id
   redis.call('ZADD', I .. 'due:warn', at, member)
   redis.call('HSET', p, 'wi', at)
 end
-at = A[11]
+at = A[10]
 if at ~= '' and (not xi or xi == '' or tonumber(xi) > tonumber(at)) then
   member = member or (key .. ' ' .. id)
   redis.call('ZADD', I .. 'due:expire', at, member)
   redis.call('HSET', p, 'xi', at)
 end
 -- The steady state: same minute, row already filed for a fold ('lg' ends with '*').
-if lg ~= A[9] .. '*' then
+if lg ~= A[8] .. '*' then
   local due = lg and string.byte(lg, -1) == 42  -- '*': the row waits for a fold
   if due then lg = string.sub(lg, 1, -2) end
   if fresh then due = false end  -- its sums were settled above
-  if lg ~= A[9] then redis.call('ZADD', I .. 'recent', A[9], id .. ' ' .. key) end
+  if lg ~= A[8] then redis.call('ZADD', I .. 'recent', A[8], id .. ' ' .. key) end
   if not due and not fresh then  -- the sums were folded: keep those values until the next fold
     local s = redis.call('HMGET', p, 'nm', 'nd')
-    if s[1] ~= A[12] or s[2] ~= A[13] then
+    if s[1] ~= A[11] or s[2] ~= A[12] then
       redis.call('HSET', p, 'cm', s[1] or '0', 'cd', s[2] or '0')
       member = member or (key .. ' ' .. id)
       redis.call('SADD', I .. 'dirty', member)
       due = true
     end
   end
-  if due then redis.call('HSET', p, 'lg', A[9] .. '*') else redis.call('HSET', p, 'lg', A[9]) end
+  if due then redis.call('HSET', p, 'lg', A[8] .. '*') else redis.call('HSET', p, 'lg', A[8]) end
 end
-if owner ~= '' and string.byte(A[4], -1) == 114 then  -- 'r': release the lease
-  redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[8], 'w', A[10],
-    'x', A[11], 'nm', A[12], 'nd', A[13], 'e', '0')
+if lease ~= '' and string.byte(A[4], -1) == 114 then  -- 'r': release the lease
+  redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[7], 'w', A[9],
+    'x', A[10], 'nm', A[11], 'nd', A[12], 'l', '""" + RELEASED + """' .. lease)
 else
-  redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[8], 'w', A[10],
-    'x', A[11], 'nm', A[12], 'nd', A[13])
+  redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[7], 'w', A[9],
+    'x', A[10], 'nm', A[11], 'nd', A[12])
 end
 if fresh or mt ~= meta then
   if not rare then rare = redis.call('HMGET', p, 'ag', 'gc', 'pi', 'nk') end
@@ -365,8 +377,8 @@ if fresh or mt ~= meta then
     redis.call('PERSIST', p)  -- a pointer created by a lease had a backstop expiry
   end
 end
-if A[16] == '' then return 1 end
-local gc, spec = string.match(A[16], '^(%d*);(.*)$')
+if A[15] == '' then return 1 end
+local gc, spec = string.match(A[15], '^(%d*);(.*)$')
 local B = string.sub(p, 1, -3)
 if gc ~= '0' then
   redis.call('PEXPIRE', p, gc)
@@ -387,9 +399,9 @@ if spec ~= '' then
   -- script stays one atomic step however many calls it makes.
   if nm > 0 then
     local last = redis.call('LINDEX', history, -1)
-    local sorted = not last or struct.unpack('>I4', last) < struct.unpack('>I4', A[17])
+    local sorted = not last or struct.unpack('>I4', last) < struct.unpack('>I4', A[16])
     for i = 1, nm - 1 do
-      if struct.unpack('>I4', A[16 + i]) >= struct.unpack('>I4', A[17 + i]) then
+      if struct.unpack('>I4', A[15 + i]) >= struct.unpack('>I4', A[16 + i]) then
         sorted = false
       end
     end
@@ -398,7 +410,7 @@ if spec ~= '' then
       items = redis.call('LRANGE', history, 0, -1)
       redis.call('DEL', history)
     end
-    for i = 0, nm - 1 do items[#items + 1] = A[17 + i] end
+    for i = 0, nm - 1 do items[#items + 1] = A[16 + i] end
     if not sorted then
       for i = 1, #items do items[i] = {struct.unpack('>I4', items[i]), i, items[i]} end
       table.sort(items, function(x, y)
@@ -414,7 +426,7 @@ if spec ~= '' then
   for first = 0, ns - 1, 250 do
     local z = {}
     for i = first, math.min(ns, first + 250) - 1 do
-      z[#z + 1] = A[17 + nm + 2 * i]; z[#z + 1] = A[17 + nm + 2 * i + 1]
+      z[#z + 1] = A[16 + nm + 2 * i]; z[#z + 1] = A[16 + nm + 2 * i + 1]
     end
     redis.call('ZADD', summaries, unpack(z))
   end
