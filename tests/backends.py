@@ -83,21 +83,25 @@ async def memory_store() -> AsyncIterator[Store]:
         await store.close()
 
 
-@backend("sqlite")
 @contextlib.asynccontextmanager
-async def sqlite_store() -> AsyncIterator[Store]:
-    """An SQLiteStore on a file of its own in a temporary directory, removed afterwards."""
+async def sqlite_store(query: str = "") -> AsyncIterator[Store]:
+    """An SQLiteStore on a file of its own in a temporary directory, removed afterwards;
+    `query` holds URL options (e.g. ``shared=true``)."""
     import tempfile
 
     from chatstate.stores.sqlite import SQLiteStore
 
     with tempfile.TemporaryDirectory(prefix="chatstate-test-") as directory:
-        store = SQLiteStore.from_url(f"sqlite:///{directory}/test.db")
+        url = f"sqlite:///{directory}/test.db"
+        store = SQLiteStore.from_url(f"{url}?{query}" if query else url)
         await store.open()
         try:
             yield store
         finally:
             await store.close()
+
+
+backend("sqlite")(sqlite_store)
 
 
 @peer("sqlite")

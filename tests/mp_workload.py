@@ -120,6 +120,15 @@ def run_processes(work: Workload, timeout: float = 240.0) -> dict[int, dict[str,
     return outcome
 
 
+async def verify_opened(work: Workload, store: Store) -> None:
+    """`verify` on a store that is opened for it and closed afterwards."""
+    await store.open()
+    try:
+        await verify(work, store)
+    finally:
+        await store.close()
+
+
 async def verify(work: Workload, store: Store) -> None:
     """No lost update, no duplicated message, per-process submission order kept."""
     for index in range(work.keys):

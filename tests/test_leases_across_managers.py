@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import pytest
 
-from backends import BACKENDS, require_service
+from backends import BACKENDS, require_service, sqlite_store
 from chatstate.clock import FakeClock
 from chatstate.engine import SessionBusy, SessionManager
 from chatstate.errors import ConflictError, LeaseLost
 from chatstate.stores.base import Lease, Store
-from chatstate.stores.sqlite import SQLiteStore
 from redis_servers import require_redis_binaries
 
 SHARED_STORES = ["sqlite", "redis", "redis_cluster", "postgres"]
@@ -32,17 +31,9 @@ async def _shared_store(name: str) -> AsyncIterator[Store]:
     another store has its file open (``shared=auto``); here both "processes" use one store
     object, so it is told to take them always (``shared=true``)."""
     _require(name)
-    if name != "sqlite":
-        async with BACKENDS[name]() as store:
-            yield store
-        return
-    with tempfile.TemporaryDirectory(prefix="chatstate-test-") as directory:
-        store = SQLiteStore.from_url(f"sqlite:///{directory}/leases.db?shared=true")
-        await store.open()
-        try:
-            yield store
-        finally:
-            await store.close()
+    factory = partial(sqlite_store, "shared=true") if name == "sqlite" else BACKENDS[name]
+    async with factory() as store:
+        yield store
 
 
 def _managers(store: Store, clock: FakeClock, **options: Any) -> tuple[SessionManager, ...]:

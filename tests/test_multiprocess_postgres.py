@@ -15,7 +15,7 @@ import pytest
 
 from backends import POSTGRES_URL, drop_postgres_schema, require_postgres
 from chatstate.stores.postgres import PostgresStore, upgrade
-from mp_workload import Workload, run_processes, verify
+from mp_workload import Workload, run_processes, verify_opened
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -30,17 +30,9 @@ def test_no_lost_updates_across_processes() -> None:
     async def prepare() -> None:
         await upgrade(f"{POSTGRES_URL}?schema={schema}")
 
-    async def check() -> None:
-        store = PostgresStore.from_url(POSTGRES_URL, schema=schema)
-        await store.open()
-        try:
-            await verify(work, store)
-        finally:
-            await store.close()
-
     asyncio.run(prepare())
     try:
         run_processes(work)
-        asyncio.run(check())
+        asyncio.run(verify_opened(work, PostgresStore.from_url(POSTGRES_URL, schema=schema)))
     finally:
         asyncio.run(drop_postgres_schema(schema))

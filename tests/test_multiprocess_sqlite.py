@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from chatstate.stores.sqlite import SQLiteStore
-from mp_workload import Workload, run_processes, verify
+from mp_workload import Workload, run_processes, verify_opened
 
 pytestmark = [pytest.mark.slow]
 
@@ -29,14 +29,6 @@ def test_no_lost_updates_across_processes(tmp_path: Path) -> None:
         await store.open()
         await store.close()
 
-    async def check() -> None:
-        store = SQLiteStore(str(path))
-        await store.open()
-        try:
-            await verify(work, store)
-        finally:
-            await store.close()
-
     asyncio.run(prepare())
     run_processes(work)
-    asyncio.run(check())
+    asyncio.run(verify_opened(work, SQLiteStore(str(path))))
