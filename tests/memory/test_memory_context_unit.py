@@ -114,6 +114,34 @@ async def test_random_budgets_keep_every_invariant(seed: int) -> None:
             assert context.tokens + extra > budget - reserve
 
 
+@pytest.mark.parametrize("seed", range(4))
+async def test_explicit_turn_ids_decide_where_a_context_may_start(seed: int) -> None:
+    """Turn ids that disagree with the roles (two user messages in one turn, an assistant
+    message opening one, some messages without an id): the builder cuts turns exactly where
+    `starts_turn` does, whatever the budget."""
+    rng = random.Random(seed)
+    history: list[Message] = []
+    turn = 0
+    for seq in range(1, 81):
+        if rng.random() < 0.3:
+            turn += 1
+        role = rng.choice(["user", "assistant", "assistant"])
+        turn_id = None if rng.random() < 0.2 else str(turn)
+        history.append(Message(role=role, content=f"message {seq} " * rng.randint(1, 12),
+                               seq=seq, turn_id=turn_id))
+    for _ in range(20):
+        budget = rng.randint(200, 3000)
+        try:
+            context, _ = await build(history, budget)
+        except ContextOverflow:
+            continue
+        check_invariants(context, history)
+        if context.left_out.first_seq is not None:  # greedy: the next older turn did not fit
+            turns = split_turns(history[: len(history) - len(context.messages)])
+            extra = COUNTER.count_messages(turns[-1], prime_reply=False)
+            assert context.tokens + extra > budget
+
+
 async def test_reading_stops_when_the_budget_is_full() -> None:
     history = conversation(2000, seed=3)
     context, source = await build(history, 1000)
