@@ -177,7 +177,9 @@ class LifecyclePolicy:
             timeouts = self.effective(record)
         deadline: float | None = None
         if timeouts.idle_timeout is not None:
-            idle = timeouts.idle_timeout + self.extra_seconds(record.counters.messages)
+            idle = timeouts.idle_timeout
+            if self.extension is not None:
+                idle += self.extra_seconds(record.counters.messages)
             deadline = now + idle
         if timeouts.max_age is not None:
             cap = record.created_at + timeouts.max_age
@@ -196,15 +198,7 @@ class LifecyclePolicy:
             self.closed(record, now)
             return 0.0
         timeouts = self.effective(record)
-        if self.extension is None:  # the common case, inlined: this runs on every message
-            idle, cap = timeouts.idle_timeout, timeouts.max_age
-            deadline = None if idle is None else now + idle
-            if cap is not None:
-                cap += record.created_at
-                if deadline is None or cap < deadline:
-                    deadline = cap
-        else:
-            deadline = self.deadline(record, now, timeouts)
+        deadline = self.deadline(record, now, timeouts)
         record.expires_at = deadline
         warn = timeouts.warn_before
         if deadline is not None and warn is not None and deadline - warn > now:
