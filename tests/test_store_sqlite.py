@@ -89,6 +89,15 @@ async def _store(path: Path, **options: object) -> SQLiteStore:
     return store
 
 
+async def _schema_version(store: SQLiteStore) -> int:
+    version: int = await store._run(
+        lambda c: c.execute(
+            "SELECT value FROM chatstate_meta WHERE name = 'schema_version'"
+        ).fetchone()[0]
+    )
+    return version
+
+
 async def _assert_search_index_intact(store: SQLiteStore) -> None:
     """FTS5's own integrity check of the keyword index against the rows it reads (it raises
     on any difference)."""
@@ -615,12 +624,7 @@ async def test_a_schema_1_file_is_migrated_on_open(tmp_path: Path) -> None:
 
     store = await _store(path)
     try:
-        version = await store._run(
-            lambda c: c.execute(
-                "SELECT value FROM chatstate_meta WHERE name = 'schema_version'"
-            ).fetchone()[0]
-        )
-        assert version == SCHEMA_VERSION == 3
+        assert await _schema_version(store) == SCHEMA_VERSION == 3
         listed = await store.list(limit=2)
         ids = [r.id for r in listed.items]
         while listed.next_cursor:
@@ -754,12 +758,7 @@ async def test_a_schema_2_file_is_migrated_with_its_history_and_keyword_index(
 
     store = await _store(path)
     try:
-        version = await store._run(
-            lambda c: c.execute(
-                "SELECT value FROM chatstate_meta WHERE name = 'schema_version'"
-            ).fetchone()[0]
-        )
-        assert version == SCHEMA_VERSION == 3
+        assert await _schema_version(store) == SCHEMA_VERSION == 3
         for record, old in zip(records, before, strict=True):
             assert await store.read_tail(record.ref, 10) == old
             assert await store.read_range(record.ref, 2, 3) == old[1:]
