@@ -24,6 +24,11 @@ lock held by another process, synchronous=full, checkpoints) goes to the worker.
 always yields to the event loop at least once, as a hop would. Checkpoints run in the worker
 after about 1,000 pages were written to the log.
 
+A load by key usually runs no SQL at all: the store remembers the stored bytes of the records it
+last committed or read (``cache``, 10,000 sessions by default), and decodes those while it is
+the only store on the file and no other connection committed to it (SQLite's data_version),
+which it checks once per event-loop iteration (see `SQLiteStore._usable_cache`).
+
 Several processes may open one file; writers wait for each other up to `busy_timeout` seconds
 before `StoreUnavailable` is raised. Leases (kept in the file) serialise the updates of one key
 across processes, but they cost a second write per update, so by default (``shared=auto``) the
@@ -37,7 +42,8 @@ either way. Where such locks do not exist, ``auto`` means leases always.
 Options (URL query or keyword): ``synchronous`` (normal | full | off), ``busy_timeout``
 (seconds, default 10), ``fts`` (true | false: keyword search through FTS5 when available),
 ``shared`` (auto by default, see above; ``true``: leases always; ``false`` promises that only
-this store opens the file: no leases, no lock file).
+this store opens the file: no leases, no lock file), ``cache`` (sessions whose stored bytes are
+remembered, default 10,000; 0 turns it off).
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ from .base import (
     Store,
     corrupt_with_lease,
 )
+from .record_cache import DEFAULT_SIZE, RecordCache
 from .url import query_options
 
 log = logging.getLogger("chatstate.stores.sqlite")
@@ -535,6 +542,15 @@ _WRITE_LOCK_QUERY = (
 )
 
 
+def _int_option(name: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(str(value))
+    except ValueError:
+        raise ConfigurationError(f"option {name}={value!r} must be a whole number") from None
+
+
 def _bool_option(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -560,9 +576,18 @@ class SQLiteStore(Store):
         busy_timeout: float = 10.0,
         fts: bool = True,
         shared: bool | str = "auto",
+        cache: int = DEFAULT_SIZE,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(codec=codec)
+        size = _int_option("cache", cache)
+        if size < 0:
+            raise ConfigurationError(f"cache={cache!r}: give a number of sessions >= 0 (0: none)")
+        # The stored bytes of recent records, used while this store is alone on the file
+        # (see `_usable_cache`); None when turned off.
+        self._cache: RecordCache | None = RecordCache(size) if size else None
+        self._cache_state: bool | None = None  # `_usable_cache`'s answer in this iteration
+        self._data_version: int | None = None  # the loop connection's, at the last check
         # True/False fix whether the engine takes leases; None (auto) decides per update.
         self._share: bool | None = _share_option(shared)
         self._lock_fd: int | None = None  # the read lock on <file>-lock (auto mode, open)
@@ -628,12 +653,12 @@ class SQLiteStore(Store):
                 f"{url!r} names no file; use e.g. sqlite:///chatstate.db"
             )
         merged: dict[str, Any] = {**query_options(url), **options}
-        known = {"synchronous", "busy_timeout", "fts", "shared", "codec", "clock"}
+        known = {"synchronous", "busy_timeout", "fts", "shared", "cache", "codec", "clock"}
         unknown = set(merged) - known
         if unknown:
             raise ConfigurationError(
                 f"unknown sqlite:// option(s) {sorted(unknown)}; known: synchronous, "
-                "busy_timeout, fts, shared"
+                "busy_timeout, fts, shared, cache"
             )
         if "fts" in merged:
             merged["fts"] = _bool_option("fts", merged["fts"])
@@ -709,6 +734,8 @@ class SQLiteStore(Store):
         reads, self._reads = self._reads, None
         if reads is not None:
             reads.close()
+        if self._cache is not None:
+            self._cache.clear()
         lock_fd, self._lock_fd = self._lock_fd, None
         if lock_fd is not None:
             os.close(lock_fd)  # other stores see it at once (leases again only if needed)
@@ -1066,10 +1093,70 @@ class SQLiteStore(Store):
     # -- records ----------------------------------------------------------------------------
 
     async def load(self, key: str) -> SessionRecord | None:
+        cache = self._usable_cache()
+        if cache is not None:
+            raw = cache.get(key)
+            if raw is not None:
+                return self._decode_cached(raw, key, cache)
         rows = self._read_now(_LOAD, (key,), key)
         if rows is None:
+            # Read in the worker: a commit may land while the answer travels, so it is not
+            # remembered.
             rows = await self._run(lambda conn: conn.execute(_LOAD, (key,)).fetchall())
-        return self._decode(bytes(rows[0][0]), key) if rows else None
+            cache = None
+        if not rows:
+            return None
+        raw = bytes(rows[0][0])
+        record = self._decode(raw, key)
+        if cache is not None:
+            cache.put(key, raw)
+        return record
+
+    def _decode_cached(self, raw: bytes, key: str, cache: RecordCache) -> SessionRecord:
+        try:
+            return self._decode(raw, key)
+        except CorruptRecordError:
+            cache.forget(key)  # the same bytes as stored: quarantine() matches them
+            raise
+
+    def _usable_cache(self) -> RecordCache | None:
+        """The record cache, when its bytes are the stored ones in this event-loop iteration.
+
+        That holds while no other store has the file open (`shared` is false: no other writer
+        but this store) and no other connection committed to the file since the last check
+        (SQLite's data_version tells, for the loop's connection, which sees every commit but
+        its own, this store's worker's included). Asked once per iteration; the cache is
+        emptied when either fails. A commit elsewhere within the iteration can make an entry
+        stale until the next one, as a read made just before that commit would be, and every
+        commit compares versions, so a stale entry can only cost a `ConflictError`."""
+        state = self._cache_state
+        if state is None:
+            loop = asyncio._get_running_loop()
+            if loop is None or loop is not self._reader_loop:
+                return None
+            state = self._cache_state = self._check_cache()
+            loop.call_soon(self._forget_cache_state)
+        return self._cache if state else None
+
+    def _check_cache(self) -> bool:
+        cache, reader = self._cache, self._reader
+        if cache is None or reader is None:
+            return False
+        try:
+            if self.shared:
+                cache.clear()
+                return False
+            (version,) = reader.execute("PRAGMA data_version").fetchone()
+        except (sqlite3.Error, OSError):
+            cache.clear()
+            return False
+        if version != self._data_version:
+            self._data_version = version
+            cache.clear()
+        return True
+
+    def _forget_cache_state(self) -> None:
+        self._cache_state = None
 
     async def load_by_id(self, session_id: str) -> SessionRecord | None:
         rows = self._read_now(_LOAD_BY_ID, (session_id,))
@@ -1143,7 +1230,17 @@ class SQLiteStore(Store):
 
         if changes is not None:
             self._loop_commits += len(changes.messages)  # log pages: see CHECKPOINT_FRAMES
-        await self._write(job, key)
+        cache = self._cache
+        if cache is None:
+            await self._write(job, key)
+            return
+        try:
+            await self._write(job, key)
+        except BaseException:
+            cache.forget(key)  # refused, failed or cancelled: the next load reads the file
+            raise
+        if self._usable_cache() is not None:
+            cache.put(key, row[_BLOB])
 
     def _history_rows(self, rid: str, history: HistoryChanges) -> _HistoryRows:
         pack, encode_summary = self.codec.pack_message, self.codec.encode_summary
@@ -1226,6 +1323,7 @@ class SQLiteStore(Store):
 
     async def delete(self, key: str, session_id: str | None = None) -> bool:
         fts = self._fts_table
+        self._forget(key)
 
         def job(conn: sqlite3.Connection) -> bool:
             if session_id is None:
@@ -1241,7 +1339,10 @@ class SQLiteStore(Store):
             _delete_session(conn, fts, row[0])
             return True
 
-        return await self._run(job, write=True)
+        try:
+            return await self._run(job, write=True)
+        finally:
+            self._forget(key)  # a load meanwhile may have remembered the old bytes
 
     async def quarantine(self, key: str, raw: bytes, reason: str) -> None:
         now = self.clock.now()
@@ -1260,7 +1361,12 @@ class SQLiteStore(Store):
             _delete_session(conn, fts, row[0])
             return True
 
-        if await self._run(job, write=True):
+        self._forget(key)
+        try:
+            removed = await self._run(job, write=True)
+        finally:
+            self._forget(key)
+        if removed:
             log.warning("quarantined unreadable session %s: %s", key, reason)
 
     async def list_quarantined(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
@@ -1284,7 +1390,15 @@ class SQLiteStore(Store):
             if not updated:
                 raise LookupError(f"no current record at {key!r} to overwrite")
 
-        await self._run(job, write=True)
+        self._forget(key)
+        try:
+            await self._run(job, write=True)
+        finally:
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        if self._cache is not None:
+            self._cache.forget(key)
 
     # -- listing and analytics --------------------------------------------------------------
 
@@ -1589,6 +1703,7 @@ ON CONFLICT (id) DO UPDATE SET
 """
 
 _LOAD = "SELECT blob FROM sessions WHERE key = ? AND current = 1"
+_BLOB = 17  # the record's bytes in a `SQLiteStore._row` tuple (?18 in the statements below)
 _LOAD_BY_ID = "SELECT key, blob FROM sessions WHERE id = ?"
 
 LOOP_READ_ROWS = 512  # history reads up to this many rows run on the loop's connection
