@@ -139,8 +139,8 @@ _json_encode = msgspec.json.Encoder().encode
 DEFAULT_PREFIX = "chatstate"
 DEFAULT_CLUSTER_BUCKETS = 16
 # A pointer hash holding only a lease and its token counter (no session) expires after this.
-POINTER_BACKSTOP = 86_400.0
-_POINTER_BACKSTOP_MS = int(POINTER_BACKSTOP * 1000)
+_POINTER_BACKSTOP_MS = lua.POINTER_BACKSTOP_MS
+POINTER_BACKSTOP = _POINTER_BACKSTOP_MS / 1000
 QUARANTINE_KEEP = 30 * 86_400.0  # history of a quarantined session is kept this long
 QUARANTINE_CAP = 1000  # newest quarantined records kept per bucket
 SCAN_BUDGET = 2000  # index entries one scan call examines at most (bounds its server time)
@@ -168,6 +168,9 @@ _DUE_FIELDS = {"warn": "w", "expire": "x", "purge": "p"}  # row field of each du
 def _float(value: str | float) -> str:
     """A float as Redis and Lua read it back exactly."""
     return repr(float(value))
+
+
+_EXPIRED = "x" * 17  # a lease expiry that no stored lease field has (see RedisStore.commit)
 
 
 def _us(value: float) -> str:
@@ -692,16 +695,26 @@ class RedisStore(Store):
                         f"{'-' if drop is None else int(drop)} {int(history.drop_summaries)}")
             extras = f"{gc_ms};{spec}"
         mark = os.urandom(12).hex()
-        if release and lease is not None:
-            mark += "r"  # the script releases the lease (see redis_scripts.COMMIT)
+        now_us = _us(now)
+        held = released = ""
+        if lease is not None:
+            # The lease field as this lease wrote it, compared whole by the script (see
+            # redis_scripts.COMMIT); once run out by our clock, its expiry can never match.
+            holder = f"{lease.token}:{lease.owner}"
+            expiry = _us(lease.expires_at)
+            held = (expiry if expiry > now_us else _EXPIRED) + holder
+            if release:
+                released = lua.RELEASED + holder
         keys = [f"{base}:r", self._index_prefix(key)]
         args: list[Any] = [
-            expected, sid, blob, mark, f"{lease.token}:{lease.owner}" if lease else "", _us(now),
-            _float(-last_activity), _listing_group(last_activity),
+            expected, sid, blob, mark, held, now_us,
+            _float(-last_activity), f"{_listing_group(last_activity)}*",
             "" if warn is None else _float(warn), "" if expires is None else _float(expires),
             record.counters.messages, round(max(0.0, last_activity - created_at) * 1000),
-            _Contribution.meta(record, purge, gc_ms > 0), key, extras,
+            _Contribution.meta(record, purge, gc_ms > 0), released,
         ]
+        if extras:
+            args.append(extras)
         if history:
             pack = self.codec.pack_message
             for message in history.append:
@@ -991,19 +1004,14 @@ class RedisStore(Store):
         base = self.layout.base(key)
         now = self.clock.now()
         expires = now + ttl
-        backstop = int((ttl + POINTER_BACKSTOP) * 1000)
         # Retrying is safe: a second try by the same owner takes the lease again (new token).
         answer = await self._script(
-            "LEASE_AND_LOAD", [f"{base}:r"],
-            [owner, _us(now), _us(expires), backstop], retry=True,
+            "LEASE_AND_LOAD", [f"{base}:r"], [owner, _us(now), _us(expires)], retry=True,
         )
-        blob: bytes | None = None
         if isinstance(answer, list):
             return None, None  # busy: [0, the holder's expiry]
-        if isinstance(answer, bytes):
-            token, _, blob = answer.partition(b" ")
-        else:
-            token = answer
+        token, found, raw = answer.partition(b" ")
+        blob = raw if found else None  # the token alone: the key holds no session
         lease = Lease(key=key, owner=owner, token=int(token), expires_at=expires)
         try:
             return lease, self._decode(blob, key)

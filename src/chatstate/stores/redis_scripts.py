@@ -91,28 +91,38 @@ _ROW_FIELDS_LUA = ", ".join(f"'{name}'" for name in ROW_FIELDS)
 # the lease in fields o, t, e: the next lease_and_load moves it into 'l'.
 RELEASED = "0" * 17
 
+# A pointer hash that holds only a lease and its token counter (no session) expires this long
+# (ms) after the lease it holds.
+POINTER_BACKSTOP_MS = 86_400_000
+
 # KEYS: 1 pointer
-# ARGV: 1 owner, 2 now, 3 expires_at, 4 expiry backstop (ms) of a pointer that holds no session
-# -> taken: "<token> <blob>", or the token alone (an integer) when the key holds no session;
-#    busy: {0, expires_at of the holder}. (A table reply costs the server a few thousand
-#    instructions more than a string: Redis probes it for error and status fields.)
+# ARGV: 1 owner, 2 now, 3 expires_at
+# -> taken: "<token> <blob>", or the token alone when the key holds no session; busy:
+#    {0, expires_at of the holder}. (A table reply costs the server a few thousand instructions
+#    more than a string: Redis probes it for error and status fields.)
+# Written for the server's per-element costs (see COMMIT): the token stays a string (a number
+# concatenated to a string is formatted with "%.14g", thousands of instructions), the holder is
+# read only while its lease runs, and the expiry backstop of a pointer that holds no session is
+# derived from the lease times instead of travelling as an argument.
 LEASE_AND_LOAD = """
 local h = redis.call('HMGET', KEYS[1], 'l', 'b')
-local l, e, token, o, legacy = h[1], '', 0, nil, nil
+local l, token, legacy = h[1], '0', nil
 if l then
-  e = string.sub(l, 1, 17)
-  local t = string.match(l, '^%d+', 18)
-  token, o = tonumber(t), string.sub(l, 19 + #t)
+  token = string.match(l, '^%d+', 18)
+  local e = string.sub(l, 1, 17)
+  if e > ARGV[2] and string.sub(l, 19 + #token) ~= ARGV[1] then return {0, e} end
 else  -- a key new to leases, or a lease of layout 6 or older
   legacy = redis.call('HMGET', KEYS[1], 'o', 'e', 't')
-  o, e, token = legacy[1], legacy[2] or '', tonumber(legacy[3]) or 0
+  local o, e = legacy[1], legacy[2] or ''
+  if o and o ~= '' and o ~= ARGV[1] and e > ARGV[2] then return {0, e} end
+  token = legacy[3] or '0'
 end
-if o and o ~= '' and o ~= ARGV[1] and e > ARGV[2] then return {0, e} end
-token = token + 1
+token = string.format('%d', token + 1)
 redis.call('HSET', KEYS[1], 'l', ARGV[3] .. token .. ':' .. ARGV[1])
 if legacy and legacy[3] then redis.call('HDEL', KEYS[1], 'o', 'e', 't') end
 if not h[2] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  local backstop = """ + str(POINTER_BACKSTOP_MS) + """ + math.ceil((ARGV[3] - ARGV[2]) / 1000)
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', backstop))
   return token
 end
 return token .. ' ' .. h[2]
@@ -236,20 +246,38 @@ return out
 # decoded; otherwise (and for a session new at the key) the script decodes it, applies the
 # differences and writes the individual fields that listings, counts and deletions read.
 #
+# The canonical key, from the pointer's name p and the index prefix I (standalone P:{K}:r with
+# I = P:, Cluster P:{b<n>}:K:r with I = P:{b<n>}:; a prefix has no braces): only the commit's
+# rare paths need it, so it does not travel as an argument. An expression, not a Lua function:
+# a closure would be built on every call of the script.
+_SESSION_KEY = (
+    "string.byte(I, -2) == 125 and string.sub(p, #I + 1, -3) or string.sub(p, #I + 2, -4)"
+)
+
+# The hot path avoids what costs the server most per element besides the calls themselves:
+# arguments it does not need (the canonical key is derived from the pointer's name on the rare
+# paths that need it; extras and history travel only when there are some), numbers formatted
+# as strings ("%.14g" costs thousands of instructions: the new version is formatted with '%d')
+# or parsed from long decimals (the due positions are compared as strings when both have ten
+# integer digits, as every time from 2001 to 2286 has), and substrings and concatenations (the
+# lease is compared whole: the client sends the lease field it expects, and the released
+# field; the listing group arrives with its '*').
+#
 # KEYS: 1 pointer, 2 index prefix I (ends with ':')
 # ARGV: 1 expected version (the stored one, '0' = none; the new one is this + 1), 2 id, 3 blob,
-#       4 commit mark (random, the same for every attempt of one commit() call; ends with 'r'
-#       when the commit releases the lease), 5 lease "<token>:<owner>" ('' = no lease),
+#       4 commit mark (random, the same for every attempt of one commit() call),
+#       5 lease: the lease field as the client expects it, "<expires_at><token>:<owner>" (its
+#       expiry replaced by 17 'x' when it ran out by the client's clock), '' = no lease,
 #       6 now (microseconds, as lease times), 7 -last_activity (exact, 'la'), 8 listing group
-#       (the listing index's score, see SCAN), 9 warn due, 10 expire due ('' = none),
-#       11 messages handled, 12 duration (ms),
+#       (the listing index's score, see SCAN) followed by '*', 9 warn due, 10 expire due
+#       ('' = none), 11 messages handled, 12 duration (ms),
 #       13 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
 #          tokens, [field, amount, ...] (the categorical contribution)],
-#       14 canonical key,
-#       15 extras: '' = none, else "<GC backstop in ms, '0' = none>;<history>" where history is
-#          '' (no change) or "<n messages> <n summaries> <drop messages through ('-' = no)>
-#          <drop summaries ('1'|'0')>", 16.. one history entry per message (see _HISTORY_LUA),
-#          then (end_seq, blob) per summary
+#       14 the lease field once released ('' = keep the lease; see RELEASED),
+#       15 (absent when there are none) extras: "<GC backstop in ms, '0' = none>;<history>"
+#          where history is '' (no change) or "<n messages> <n summaries> <drop messages
+#          through ('-' = no)> <drop summaries ('1'|'0')>", 16.. one history entry per message
+#          (see _HISTORY_LUA), then (end_seq, blob) per summary
 # -> 1 committed (or found applied by an earlier attempt of this same call, whose answer was
 #    lost: recognised by its mark, never by content, since another writer may have committed
 #    identical bytes); "c<stored version>" version conflict; "l<stored token>" lease lost.
@@ -258,9 +286,13 @@ COMMIT = """
 local A = ARGV  -- a local: every global lookup costs
 local p = KEYS[1]
 local f = redis.call('HMGET', p, 'v', 'id', 'l', 'mt', 'lg', 'wi', 'xi')
-local id, version = A[2], tostring(A[1] + 1)
+local id, version = A[2], string.format('%d', A[1] + 1)
 local lease, l = A[5], f[3] or ''
-local lost = lease ~= '' and (string.sub(l, 18) ~= lease or string.sub(l, 1, 17) <= A[6])
+-- The lease field as the client expects it: valid (its expiry, later than `now`, was checked
+-- by the client: both times are the client's). Else a renewal whose answer was lost may have
+-- moved the expiry: the stored lease decides, as it is.
+local lost = lease ~= '' and l ~= lease and (
+  string.sub(l, 18) ~= string.sub(lease, 18) or string.sub(l, 1, 17) <= A[6])
 if lost or (f[1] or '0') ~= A[1] then
   -- An earlier attempt of this same call was applied and its answer lost (its lease may be
   -- released since): recognised by the mark, never by content.
@@ -268,7 +300,8 @@ if lost or (f[1] or '0') ~= A[1] then
   if lost then return 'l' .. (string.match(l, '^%d+', 18) or '0') end
   return 'c' .. (f[1] or '0')
 end
-local I, key, meta = KEYS[2], A[14], A[13]
+local I, meta = KEYS[2], A[13]
+local key = nil  -- the canonical key, built when needed (see _SESSION_KEY)
 -- The row's previous meta, listing group (with '*' while a fold is due), due positions; and
 -- rare: the previous ag, gc, pi, nk (read only when meta changed)
 local mt, lg, wi, xi, rare = f[4], f[5], f[6], f[7], nil
@@ -289,6 +322,7 @@ if fresh then
     if ttl > 0 then redis.call('PEXPIRE', name, ttl) end
     redis.call('HDEL', p, 'cm', 'cd')
   end
+  key = (""" + _SESSION_KEY + """)
   -- A row already stored under this id (a replaced session committed again) moves into the
   -- pointer: its contribution and due entries are the ones this commit replaces. Its sums are
   -- settled here (the aggregates hold 'cm'/'cd' when set, else 'nm'/'nd'), so it is folded.
@@ -299,6 +333,7 @@ if fresh then
   rare = {old[10], old[11], old[12], old[13]}
   if old[1] then redis.call('DEL', name) end
   redis.call('HSET', I .. 'ids', id, key)
+  member = key .. ' ' .. id
   local agg = I .. 'agg'
   local d = A[11] - (old[6] or old[8] or 0)
   if d ~= 0 then redis.call('HINCRBY', agg, 'm', string.format('%d', d)) end
@@ -306,24 +341,40 @@ if fresh then
   if d ~= 0 then redis.call('HINCRBY', agg, 'd', string.format('%d', d)) end
   redis.call('HSET', p, 'wi', wi or '', 'xi', xi or '')
 end
-local at = A[9]
-if at ~= '' and (not wi or wi == '' or tonumber(wi) > tonumber(at)) then
-  member = key .. ' ' .. id
-  redis.call('ZADD', I .. 'due:warn', at, member)
-  redis.call('HSET', p, 'wi', at)
+-- Warn (A[9], position 'wi') and expire (A[10], 'xi'): an entry moves only to an earlier time.
+-- Times compare as strings when both have ten integer digits (Python float reprs of every time
+-- from 2001 to 2286; parsing such a number costs the server about half a microsecond).
+for i = 9, 10 do
+  local at, pos, field, index = A[i], wi, 'wi', 'due:warn'
+  if i == 10 then pos, field, index = xi, 'xi', 'due:expire' end
+  if at ~= '' then
+    local move = not pos or pos == ''
+    if not move then
+      if string.byte(at, 11) == 46 and string.byte(pos, 11) == 46 and string.byte(at) ~= 45
+          and string.byte(pos) ~= 45 then
+        move = at < pos
+      else
+        move = tonumber(at) < tonumber(pos)
+      end
+    end
+    if move then
+      if not member then
+        key = key or (""" + _SESSION_KEY + """)
+        member = key .. ' ' .. id
+      end
+      redis.call('ZADD', I .. index, at, member)
+      redis.call('HSET', p, field, at)
+    end
+  end
 end
-at = A[10]
-if at ~= '' and (not xi or xi == '' or tonumber(xi) > tonumber(at)) then
-  member = member or (key .. ' ' .. id)
-  redis.call('ZADD', I .. 'due:expire', at, member)
-  redis.call('HSET', p, 'xi', at)
-end
--- The steady state: same minute, row already filed for a fold ('lg' ends with '*').
-if lg ~= A[8] .. '*' then
+-- The steady state: same minute, row already filed for a fold ('lg' ends with '*', as A[8]).
+if lg ~= A[8] then
+  local group = string.sub(A[8], 1, -2)
   local due = lg and string.byte(lg, -1) == 42  -- '*': the row waits for a fold
   if due then lg = string.sub(lg, 1, -2) end
   if fresh then due = false end  -- its sums were settled above
-  if lg ~= A[8] then redis.call('ZADD', I .. 'recent', A[8], id .. ' ' .. key) end
+  key = key or (""" + _SESSION_KEY + """)
+  if lg ~= group then redis.call('ZADD', I .. 'recent', group, id .. ' ' .. key) end
   if not due and not fresh then  -- the sums were folded: keep those values until the next fold
     local s = redis.call('HMGET', p, 'nm', 'nd')
     if s[1] ~= A[11] or s[2] ~= A[12] then
@@ -333,11 +384,11 @@ if lg ~= A[8] .. '*' then
       due = true
     end
   end
-  if due then redis.call('HSET', p, 'lg', A[8] .. '*') else redis.call('HSET', p, 'lg', A[8]) end
+  if due then redis.call('HSET', p, 'lg', A[8]) else redis.call('HSET', p, 'lg', group) end
 end
-if lease ~= '' and string.byte(A[4], -1) == 114 then  -- 'r': release the lease
+if A[14] ~= '' then  -- release the lease
   redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[7], 'w', A[9],
-    'x', A[10], 'nm', A[11], 'nd', A[12], 'l', '""" + RELEASED + """' .. lease)
+    'x', A[10], 'nm', A[11], 'nd', A[12], 'l', A[14])
 else
   redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[7], 'w', A[9],
     'x', A[10], 'nm', A[11], 'nd', A[12])
@@ -363,6 +414,7 @@ if fresh or mt ~= meta then
   if d ~= 0 then redis.call('HINCRBY', agg, 'k', string.format('%d', d)) end
   local pi = rare[3] or ''
   if m[5] ~= '' and (pi == '' or tonumber(pi) > tonumber(m[5])) then
+    key = key or (""" + _SESSION_KEY + """)
     redis.call('ZADD', I .. 'due:purge', m[5], member or (key .. ' ' .. id))
     pi = m[5]
   end
@@ -377,7 +429,7 @@ if fresh or mt ~= meta then
     redis.call('PERSIST', p)  -- a pointer created by a lease had a backstop expiry
   end
 end
-if A[15] == '' then return 1 end
+if not A[15] then return 1 end
 local gc, spec = string.match(A[15], '^(%d*);(.*)$')
 local B = string.sub(p, 1, -3)
 if gc ~= '0' then
