@@ -17,7 +17,7 @@ import pytest
 
 from chatstate.clock import FakeClock
 from chatstate.errors import ConfigurationError, ConflictError, SchemaError, StoreUnavailable
-from chatstate.model import HistoryChanges, Message, new_record
+from chatstate.model import HistoryChanges, Message, SessionRecord, new_record
 from chatstate.stores.base import SessionFilter
 from chatstate.stores.sqlite import CACHE_KIB, SCHEMA_VERSION, SQLiteStore
 from chatstate.stores.url import open_store
@@ -1021,5 +1021,65 @@ async def test_writes_wait_for_a_checkpoint_on_the_loop_without_a_thread_hop(
         assert checkpoints >= 2
         assert hops == 0
         assert (await store.load("test:user:k7")).version == 100  # type: ignore[union-attr]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("shared", ["false", "true"])
+async def test_index_columns_follow_the_record_on_insert_and_on_every_update(
+    tmp_path: Path, shared: str
+) -> None:
+    """The statements compute the due columns and the minute buckets from the row: they match
+    `_bucket` (Python's floor) at minute edges and fractions, in the same minute (no index
+    column assigned) and across minutes, and the due times are kept only while active."""
+    from chatstate.model import Status
+    from chatstate.stores.sqlite import _bucket
+
+    store = await _store(tmp_path / "cols.db", shared=shared)
+    columns = (
+        "status, platform, scope, last_activity, due_warn, due_expire, due_purge, activity_min, "
+        "due_warn_min, due_expire_min, due_purge_min"
+    )
+
+    async def stored(key: str) -> tuple[object, ...]:
+        row: tuple[object, ...] = await store._run(
+            lambda c: c.execute(
+                f"SELECT {columns} FROM sessions WHERE key = ? AND current = 1", (key,)
+            ).fetchone()
+        )
+        return row
+
+    def expected(r: SessionRecord) -> tuple[object, ...]:
+        active = r.status is Status.ACTIVE
+        warn, expire = (r.warn_at, r.expires_at) if active else (None, None)
+        return (
+            r.status.value, "tg", "user", r.last_activity, warn, expire, r.purge_at,
+            _bucket(r.last_activity), _bucket(warn), _bucket(expire), _bucket(r.purge_at),
+        )
+
+    try:
+        times = [
+            (1_700_000_000.0, None, None, None),  # on a minute edge
+            (1_700_000_000.25, 1_700_000_059.999, 1_700_000_060.0, None),  # same minute
+            (1_700_000_075.5, 1_700_000_119.75, 1_700_000_300.125, 1_700_086_400.0),  # moved
+            (-61.5, -0.25, 59.999999, -120.0),  # before 1970: floor, not truncation
+        ]
+        for n, statuses in enumerate([(Status.ACTIVE,), (Status.ACTIVE, Status.CLOSED)]):
+            key = f"tg:user:{n}"
+            record = new_record(key)
+            lease = None
+            for status in statuses:
+                for last, warn, expire, purge in times:
+                    if shared == "true":
+                        lease, _ = await store.lease_and_load(key, "me", 30.0)
+                        assert lease is not None
+                    record.last_activity, record.warn_at = last, warn
+                    record.expires_at, record.purge_at = expire, purge
+                    record.status = status
+                    record.version += 1
+                    await store.commit(
+                        record, expected=record.version - 1, lease=lease, release=True
+                    )
+                    assert await stored(key) == expected(record), (status, last)
     finally:
         await store.close()

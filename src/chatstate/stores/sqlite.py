@@ -260,9 +260,6 @@ _encode_json = msgspec.json.encode
 def _lower(text: Any) -> Any:
     return text.lower() if isinstance(text, str) else text
 
-_floor = math.floor
-
-
 def _bucket(at: float | None) -> float | None:
     """The minute an index entry is filed under (see SCHEMA_VERSION)."""
     return None if at is None else math.floor(at / BUCKET_SECONDS) * BUCKET_SECONDS
@@ -1222,7 +1219,8 @@ class SQLiteStore(Store):
                 if current and current[0][0] != rid:
                     # A new session of this key: the finished one stays, by id, with history.
                     conn.execute("UPDATE sessions SET current = 0 WHERE id = ?", (current[0][0],))
-                conn.execute(_UPSERT_SESSION, row)
+                platform, scope, _ = key.split(":", 2)  # as record.platform and .scope
+                conn.execute(_UPSERT_SESSION, (*row, platform, scope))
             if lease is not None and release:
                 conn.execute(_RELEASE_LEASE, (lease.key, lease.token))
             if changes is not None:
@@ -1292,33 +1290,19 @@ class SQLiteStore(Store):
         return rows
 
     def _row(self, record: SessionRecord) -> tuple[Any, ...]:
-        """The sessions row of `record` in `_UPSERT_SESSION` order (the due columns follow
-        `SessionRecord.due_at`: warn and expire only while active)."""
-        blob = self.codec.encode(record)
+        """The parameters ?1-?16 of `_UPSERT_SESSION` and the compare-and-set statements
+        (which compute the due columns and minute buckets from them)."""
         flow = record.flow
         usage = record.usage
         labels = record.labels
-        key = record.key
-        parts = key.split(":", 2)  # platform, scope, ids (as record.platform / .scope)
-        last, warn, expire, purge = (
-            record.last_activity, record.warn_at, record.expires_at, record.purge_at
-        )
-        if record.status is not Status.ACTIVE:
-            due_warn = due_expire = None
-        else:
-            due_warn, due_expire = warn, expire
-        # The buckets as `_bucket` computes them, inline (this runs on every commit).
         return (
-            record.id, key, record.status.value, parts[0], parts[1],
+            record.id, record.key, record.status.value,
             flow.name if flow is not None else None, flow.step if flow is not None else None,
-            record.created_at, last, expire, warn, purge, record.close_reason,
-            record.counters.messages, usage.input_tokens + usage.output_tokens,
-            _encode_json(labels).decode() if labels else "{}", record.version, blob,
-            due_warn, due_expire, purge, _floor(last / BUCKET_SECONDS) * BUCKET_SECONDS,
-            None if due_warn is None else _floor(due_warn / BUCKET_SECONDS) * BUCKET_SECONDS,
-            None if due_expire is None
-            else _floor(due_expire / BUCKET_SECONDS) * BUCKET_SECONDS,
-            None if purge is None else _floor(purge / BUCKET_SECONDS) * BUCKET_SECONDS,
+            record.created_at, record.last_activity, record.expires_at, record.warn_at,
+            record.purge_at, record.close_reason, record.counters.messages,
+            usage.input_tokens + usage.output_tokens,
+            _encode_json(labels).decode() if labels else "{}", record.version,
+            self.codec.encode(record),
         )
 
     async def delete(self, key: str, session_id: str | None = None) -> bool:
@@ -1684,12 +1668,21 @@ class SQLiteStore(Store):
 # ---------------------------------------------------------------------------------------------
 # SQL helpers (run in the worker thread)
 
-_UPSERT_SESSION = """
+# The row's parameters are numbered as in `_row` (?1-?16), then platform and scope (?17, ?18).
+# The due columns follow `SessionRecord.due_at`: warn and expire only while active.
+_DUE_WARN = f"CASE ?3 WHEN '{Status.ACTIVE.value}' THEN ?9 END"
+_DUE_EXPIRE = f"CASE ?3 WHEN '{Status.ACTIVE.value}' THEN ?8 END"
+# Minute buckets of last_activity, due_warn, due_expire and due_purge (= purge_at).
+_MINUTES = tuple(_sql_bucket(value) for value in ("?7", _DUE_WARN, _DUE_EXPIRE, "?10"))
+_UPSERT_SESSION = f"""
 INSERT INTO sessions (
     id, key, current, status, platform, scope, flow, step, created_at, last_activity,
     expires_at, warn_at, purge_at, close_reason, messages, tokens, labels, version, blob,
     due_warn, due_expire, due_purge, activity_min, due_warn_min, due_expire_min, due_purge_min
-) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+) VALUES (
+    ?1, ?2, 1, ?3, ?17, ?18, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+    {_DUE_WARN}, {_DUE_EXPIRE}, ?10, {_MINUTES[0]}, {_MINUTES[1]}, {_MINUTES[2]}, {_MINUTES[3]}
+)
 ON CONFLICT (id) DO UPDATE SET
     key = excluded.key, current = 1, status = excluded.status, platform = excluded.platform,
     scope = excluded.scope, flow = excluded.flow, step = excluded.step,
@@ -1703,7 +1696,7 @@ ON CONFLICT (id) DO UPDATE SET
 """
 
 _LOAD = "SELECT blob FROM sessions WHERE key = ? AND current = 1"
-_BLOB = 17  # the record's bytes in a `SQLiteStore._row` tuple (?18 in the statements below)
+_BLOB = 15  # the record's bytes in a `SQLiteStore._row` tuple (?16 in the statements)
 _LOAD_BY_ID = "SELECT key, blob FROM sessions WHERE id = ?"
 
 LOOP_READ_ROWS = 512  # history reads up to this many rows run on the loop's connection
@@ -1738,35 +1731,38 @@ _UPSERT_SUMMARY = (
     "INSERT OR REPLACE INTO summaries (session_id, end_seq, start_seq, blob) VALUES (?, ?, ?, ?)"
 )
 
-# Compare-and-set of the current record. Parameters: the `_row` tuple (?1-?25, the order of
-# _UPSERT_SESSION), the expected version (?26) and, leased, the lease's key, owner and token
-# (?27-?29) and the store's time (?30). Neither statement assigns key, `current` or id, so the
-# index of current records is left alone. SQLite rewrites an index whenever an UPDATE assigns one
-# of its columns, even to the value it had: the first statement, for a commit in the same minute
-# as the stored record (the common case in a chat), assigns no indexed column at all and writes
-# one page; the second, tried when the first matched nothing, also moves the index entries.
-_CAS_EXACT = """
+# Compare-and-set of the current record. Parameters: the `_row` tuple (?1-?16), the expected
+# version (?17) and, leased, the lease's key, owner and token (?18-?20) and the store's time (?21;
+# ?18 when not leased). The due columns and the minute buckets are computed here from the row
+# (`_DUE_WARN` ...): every parameter costs a bind on every commit. Neither statement assigns
+# key, `current` or id (nor platform and scope, which the key fixes), so the index of current
+# records is left alone. SQLite rewrites an index whenever an UPDATE assigns one of its columns,
+# even to the value it had: the first statement, for a commit in the same minute as the stored
+# record (the common case in a chat), assigns no indexed column at all and writes one page; the
+# second, tried when the first matched nothing, also moves the index entries.
+_CAS_EXACT = f"""
 UPDATE sessions SET
-    status = ?3, platform = ?4, scope = ?5, flow = ?6, step = ?7, created_at = ?8,
-    last_activity = ?9, expires_at = ?10, warn_at = ?11, purge_at = ?12, close_reason = ?13,
-    messages = ?14, tokens = ?15, labels = ?16, version = ?17, blob = ?18, due_warn = ?19,
-    due_expire = ?20, due_purge = ?21"""
+    status = ?3, flow = ?4, step = ?5, created_at = ?6, last_activity = ?7, expires_at = ?8,
+    warn_at = ?9, purge_at = ?10, close_reason = ?11, messages = ?12, tokens = ?13, labels = ?14,
+    version = ?15, blob = ?16, due_warn = {_DUE_WARN}, due_expire = {_DUE_EXPIRE},
+    due_purge = ?10"""
 _CAS_WHERE = """
-WHERE id = ?1 AND key = ?2 AND current = 1 AND version = ?26"""
-_SAME_MINUTE = """
-    AND activity_min = ?22 AND due_warn_min IS ?23 AND due_expire_min IS ?24
-    AND due_purge_min IS ?25"""
+WHERE id = ?1 AND key = ?2 AND current = 1 AND version = ?17"""
+_SAME_MINUTE = f"""
+    AND activity_min = {_MINUTES[0]} AND due_warn_min IS {_MINUTES[1]}
+    AND due_expire_min IS {_MINUTES[2]} AND due_purge_min IS {_MINUTES[3]}"""
 _CAS_MOVE = (
     _CAS_EXACT
-    + """, activity_min = ?22, due_warn_min = ?23, due_expire_min = ?24, due_purge_min = ?25"""
+    + f""", activity_min = {_MINUTES[0]}, due_warn_min = {_MINUTES[1]},
+    due_expire_min = {_MINUTES[2]}, due_purge_min = {_MINUTES[3]}"""
     + _CAS_WHERE
 )
 _CAS_STAY = _CAS_EXACT + _CAS_WHERE + _SAME_MINUTE
 _NO_LIVE_LEASE = """
-    AND NOT EXISTS (SELECT 1 FROM leases WHERE key = ?2 AND expires_at > ?27)"""
+    AND NOT EXISTS (SELECT 1 FROM leases WHERE key = ?2 AND expires_at > ?18)"""
 _LEASE_HOLDS = """
-    AND EXISTS (SELECT 1 FROM leases WHERE key = ?27 AND owner = ?28 AND token = ?29
-                AND expires_at > ?30)"""
+    AND EXISTS (SELECT 1 FROM leases WHERE key = ?18 AND owner = ?19 AND token = ?20
+                AND expires_at > ?21)"""
 # (same minute, moved) for: no lease; no lease but yield to a live one; a lease held.
 _CAS_UPDATE = (_CAS_STAY, _CAS_MOVE)
 _CAS_UPDATE_UNLEASED = (_CAS_STAY + _NO_LIVE_LEASE, _CAS_MOVE + _NO_LIVE_LEASE)
