@@ -1038,10 +1038,6 @@ class SQLiteStore(Store):
         if self._loop_commits >= self._checkpoint_every and not self._checkpointing:
             self._request_checkpoint()
 
-    def _alone_in(self, conn: sqlite3.Connection, lock_fd: int) -> bool:
-        """Whether no other store has the file open, seen from a write transaction on `conn`."""
-        return self._loop_tx_alone if conn is self._reader else _alone(lock_fd)
-
     def _request_checkpoint(self) -> None:
         """Copy the log into the database in the worker (the loop's connection never does).
         Asked between two of the loop's transactions; until it is done, the loop begins no
@@ -1094,7 +1090,12 @@ class SQLiteStore(Store):
         if cache is not None:
             raw = cache.get(key)
             if raw is not None:
-                return self._decode_cached(raw, key, cache)
+                try:
+                    return self.codec.decode(raw, key)
+                except CorruptRecordError as exc:
+                    cache.forget(key)
+                    exc.raw = raw  # the same bytes as stored: quarantine() matches them
+                    raise
         rows = self._read_now(_LOAD, (key,), key)
         if rows is None:
             # Read in the worker: a commit may land while the answer travels, so it is not
@@ -1108,13 +1109,6 @@ class SQLiteStore(Store):
         if cache is not None:
             cache.put(key, raw)
         return record
-
-    def _decode_cached(self, raw: bytes, key: str, cache: RecordCache) -> SessionRecord:
-        try:
-            return self._decode(raw, key)
-        except CorruptRecordError:
-            cache.forget(key)  # the same bytes as stored: quarantine() matches them
-            raise
 
     def _usable_cache(self) -> RecordCache | None:
         """The record cache, when its bytes are the stored ones in this event-loop iteration.
@@ -1191,7 +1185,10 @@ class SQLiteStore(Store):
 
         def job(conn: sqlite3.Connection) -> None:
             # Inside the transaction: a store opening meanwhile writes its leases after it.
-            guarded = lock_fd is not None and not self._alone_in(conn, lock_fd)
+            # Whether another store has the file open, as seen from this write transaction.
+            guarded = lock_fd is not None and not (
+                self._loop_tx_alone if conn is self._reader else _alone(lock_fd)
+            )
             now = clock.now() if lease is not None or guarded else 0.0
             if guarded:
                 sql, params = _CAS_UPDATE_UNLEASED, (*cas_params, now)
@@ -1237,7 +1234,7 @@ class SQLiteStore(Store):
         except BaseException:
             cache.forget(key)  # refused, failed or cancelled: the next load reads the file
             raise
-        if self._usable_cache() is not None:
+        if self._cache_state or self._usable_cache() is not None:  # (known in this iteration)
             cache.put(key, row[_BLOB])
 
     def _history_rows(self, rid: str, history: HistoryChanges) -> _HistoryRows:
@@ -1296,7 +1293,7 @@ class SQLiteStore(Store):
         usage = record.usage
         labels = record.labels
         return (
-            record.id, record.key, record.status.value,
+            record.id, record.key, record.status._value_,  # (`.value` is two Python calls)
             flow.name if flow is not None else None, flow.step if flow is not None else None,
             record.created_at, record.last_activity, record.expires_at, record.warn_at,
             record.purge_at, record.close_reason, record.counters.messages,
