@@ -97,6 +97,11 @@ class SessionManager:
         self.on_error = on_error
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._locks = KeyLocks()
+        # Leases held by running handlers -> loop time they were taken or last renewed; one
+        # sweeper timer per manager renews those held for a third of their ttl (see _sweep).
+        self._held: dict[_SessionContext, float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweeper_loop: asyncio.AbstractEventLoop | None = None
         self._opened = False
         self._open_lock = asyncio.Lock()
         self._defaults = _defaults_factory(defaults)
@@ -189,6 +194,8 @@ class SessionManager:
                 self._opened = True
 
     async def aclose(self) -> None:
+        self._stop_sweeper()
+        self._held.clear()
         await self.store.close()
         self._opened = False
 
@@ -237,6 +244,50 @@ class SessionManager:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.02)
 
+    # -- lease renewal ------------------------------------------------------------------------
+
+    def _hold(self, context: _SessionContext) -> None:
+        """`context` holds a lease from now on: the sweeper renews it after a third of its ttl."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._held[context] = now
+        if self._sweeper is None or self._sweeper_loop is not loop:
+            # A lease taken later is due later: the sweeper armed for the earliest stays right.
+            self._arm_sweeper(loop, now + self.lease_seconds / 3)
+
+    def _arm_sweeper(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        self._stop_sweeper()
+        self._sweeper = loop.call_at(at, self._sweep)
+        self._sweeper_loop = loop
+
+    def _stop_sweeper(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def _sweep(self) -> None:
+        """Renew every lease held for a third of its ttl (a long handler is never interrupted);
+        sleep until the next one is due, or stop when none is held."""
+        self._sweeper = None
+        loop = self._sweeper_loop
+        assert loop is not None
+        now = loop.time()
+        third = self.lease_seconds / 3
+        due = 0.99 * third  # the loop may run a timer a hair before its time
+        next_at: float | None = None
+        held = self._held
+        for context, since in list(held.items()):
+            if context.lease is None:  # finished while a renewal was in flight
+                del held[context]
+                continue
+            if now - since >= due:
+                held[context] = since = now
+                context._renew_soon()
+            if next_at is None or since + third < next_at:
+                next_at = since + third
+        if next_at is not None:
+            self._arm_sweeper(loop, next_at)
+
     def _on_repair(self, key: str, fields: list[str]) -> None:
         self.events.emit_nowait(
             Event(name=ev.SESSION_REPAIRED, key=key, at=self.clock.now(), data={"fields": fields})
@@ -265,7 +316,7 @@ class _SessionContext:
 
     __slots__ = (
         "create", "expected", "expire", "extended", "key", "ks", "lease", "manager", "message",
-        "renewer", "session", "snapshot",
+        "session", "snapshot",
     )
 
     def __init__(
@@ -280,7 +331,6 @@ class _SessionContext:
         self.expire = expire
         self.extended = 0.0
         self.lease: Lease | None = None
-        self.renewer: asyncio.TimerHandle | None = None
         self.snapshot: bytes | None = None
         self.expected = 0
 
@@ -322,7 +372,7 @@ class _SessionContext:
         tb: TracebackType | None,
     ) -> bool:
         m = self.manager
-        if self.renewer is not None:
+        if self.lease is not None:
             self._stop_renewing()
         try:
             if exc is None:
@@ -524,13 +574,12 @@ class _SessionContext:
     # -- lease upkeep -----------------------------------------------------------------------
 
     def _start_renewing(self) -> None:
-        if self.lease is None:
-            return
-        loop = asyncio.get_running_loop()
-        self.renewer = loop.call_later(self.manager.lease_seconds / 3, self._renew_soon)
+        """Hand the lease to the manager's sweeper (one timer per manager, not one armed and
+        cancelled per update)."""
+        if self.lease is not None:
+            self.manager._hold(self)
 
     def _renew_soon(self) -> None:
-        self.renewer = None
         task = asyncio.ensure_future(self._renew())
         _RENEWALS.add(task)  # keep a reference until it finishes
         task.add_done_callback(_RENEWALS.discard)
@@ -546,15 +595,15 @@ class _SessionContext:
             renewed = lease
         if renewed is None:
             log.warning("lease of %s was lost while the handler ran", self.ks)
+            if self.lease is lease:
+                self._stop_renewing()
             return
         if self.lease is lease:
             self.lease = renewed
             self._start_renewing()
 
     def _stop_renewing(self) -> None:
-        if self.renewer is not None:
-            self.renewer.cancel()
-            self.renewer = None
+        self.manager._held.pop(self, None)
 
     async def _release_quietly(self) -> None:
         self._stop_renewing()
