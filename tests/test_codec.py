@@ -90,10 +90,11 @@ class _XorEncryptor:
 
 def test_encryption_hook_covers_data_and_messages() -> None:
     codec = Codec(encryptor=_XorEncryptor())
-    record = new_record(SessionKey.user("cli", 1), data={"card": "4111"})
+    # Upper-case text: it cannot appear by chance in the record's hex id or digits.
+    record = new_record(SessionKey.user("cli", 1), data={"card": "VISA-4111"})
     raw = codec.encode(record)
-    assert b"4111" not in raw
-    assert codec.decode(raw).data == {"card": "4111"}
+    assert b"VISA" not in raw
+    assert codec.decode(raw).data == {"card": "VISA-4111"}
     message = Message(role="user", content="my secret")
     raw_message = codec.encode_message(message)
     assert b"secret" not in raw_message
