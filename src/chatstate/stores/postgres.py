@@ -59,6 +59,7 @@ import builtins
 import logging
 import math
 import re
+import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -116,6 +117,9 @@ DEFAULT_SCHEMA = "chatstate"
 MAX_POOL_SIZE = 200
 _MAX_SEQ = 2**63 - 1
 _CLIENT_TIMEOUT_MARGIN = 0.5  # seconds the client waits beyond the server's statement_timeout
+# Opening may migrate (several statements, each bounded by statement_timeout): the backstop
+# for the whole schema check is this much longer.
+_MIGRATION_BACKSTOP = 60.0
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
 # Errors that mean "the server could not be reached or did not answer": the store turns them
@@ -389,6 +393,13 @@ class PostgresStore(Store):
         self.application_name = application_name
         self.clock = clock
         self._pool: ConnectionPool | None = None
+        # The client-side backstop for a server or network that does not answer at all: the
+        # connections in use -> the time (monotonic) by which their statement must be done, and
+        # one watchdog timer for the store that terminates the late ones (`_watch`). A timer
+        # per statement (asyncpg's command_timeout) cost two timers armed and cancelled per
+        # update.
+        self._busy: dict[Any, float] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
         self._open_lock = asyncio.Lock()
         self._closed = False
         parts = urlsplit(dsn)
@@ -644,9 +655,11 @@ class PostgresStore(Store):
             try:
                 await pool.start()
                 conn = await pool.acquire(self.connect_timeout)
+                self._watch_over(conn, self._backstop + _MIGRATION_BACKSTOP)
                 try:
                     await self._check_schema(conn)
                 finally:
+                    self._busy.pop(conn, None)
                     pool.release(conn)
             except BaseException as exc:
                 pool.terminate()
@@ -661,9 +674,10 @@ class PostgresStore(Store):
             self.dsn,
             timeout=self.connect_timeout,
             # The server gives up first (statement_timeout: a clean error, and it also stops a
-            # statement whose client is gone); the client-side timeout is the backstop for a
-            # server or network that does not answer at all.
-            command_timeout=self.command_timeout + _CLIENT_TIMEOUT_MARGIN,
+            # statement whose client is gone); the store's watchdog is the backstop for a
+            # server or network that does not answer at all (`_run`, `_watch`): no timer per
+            # statement.
+            command_timeout=None,
             # jit off: JIT compilation only slows the store's small statements down.
             server_settings={
                 "application_name": self.application_name,
@@ -693,6 +707,10 @@ class PostgresStore(Store):
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._busy.clear()
         if pool is not None:
             await pool.close(self.command_timeout)
 
@@ -748,6 +766,10 @@ class PostgresStore(Store):
                     delay *= 4
                     continue
             assert pool is not None
+            busy = self._busy
+            busy[conn] = time.monotonic() + self.command_timeout + _CLIENT_TIMEOUT_MARGIN
+            if self._watchdog is None:
+                self._arm_watchdog()
             try:
                 return await fn(conn)
             except pgerr.PostgresError as exc:
@@ -768,9 +790,40 @@ class PostgresStore(Store):
                     raise self._unavailable(exc) from exc
                 log.debug("postgres %s failed (%s), retrying", op, exc)
             finally:
+                busy.pop(conn, None)
                 pool.release(conn)
             await asyncio.sleep(delay)
             delay *= 4
+
+    @property
+    def _backstop(self) -> float:
+        return self.command_timeout + _CLIENT_TIMEOUT_MARGIN
+
+    def _watch_over(self, conn: Any, seconds: float) -> None:
+        """`conn` is in use: the watchdog terminates it if it is still busy in `seconds`."""
+        self._busy[conn] = time.monotonic() + seconds
+        if self._watchdog is None:
+            self._arm_watchdog()
+
+    def _arm_watchdog(self) -> None:
+        # A hung statement is cut within a quarter of the backstop after its deadline.
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(self._backstop / 4, self._watch)
+
+    def _watch(self) -> None:
+        """Terminate the connections whose statement is past its deadline (the awaiting call
+        sees the connection closed: StoreUnavailable); sleep while any connection is busy."""
+        self._watchdog = None
+        now = time.monotonic()
+        busy = self._busy
+        for conn, deadline in builtins.list(busy.items()):
+            if deadline <= now:
+                del busy[conn]
+                log.warning("postgres: no answer within %.1f s, closing the connection",
+                            self._backstop)
+                conn.terminate()
+        if busy:
+            self._arm_watchdog()
 
     def _read(self, op: str, fn: Callable[[Any], Awaitable[T]]) -> Awaitable[T]:
         return self._run(op, fn, retries=self.read_retries)
