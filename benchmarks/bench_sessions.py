@@ -44,6 +44,7 @@ from .systems import (
     chatstate_memory,
     chatstate_on,
     chatstate_sqlite,
+    chatstate_sqlite_uncached,
     chatstate_sqlite_with,
     postgres_store_url,
     raw_asyncpg,
@@ -62,6 +63,7 @@ SERIALISED_FLOOR = "floor: decode+encode only"
 AIOGRAM_MEMORY = "aiogram MemoryStorage"
 AIOGRAM_MEMORY_ISOLATED = "aiogram MemoryStorage+isolation"
 SQLITE_STORE = "chatstate SQLiteStore"
+SQLITE_STORE_UNCACHED = "chatstate SQLiteStore (cache=0)"
 RAW_SQLITE = "sqlite3 SELECT+UPSERT"
 SQLITE_STORE_FULL = "chatstate SQLiteStore (full)"
 RAW_SQLITE_FULL = "sqlite3 SELECT+UPSERT (full)"
@@ -77,6 +79,7 @@ RATIOS = [
     (MEMORY_ENGINE, AIOGRAM_MEMORY_ISOLATED),
     (SERIALISED_FLOOR, AIOGRAM_MEMORY),
     (SQLITE_STORE, RAW_SQLITE),
+    (SQLITE_STORE_UNCACHED, RAW_SQLITE),
     (SQLITE_STORE_FULL, RAW_SQLITE_FULL),
     (REDIS_STORE, AIOGRAM_REDIS_ISOLATED),
     (REDIS_STORE, AIOGRAM_REDIS),
@@ -150,6 +153,9 @@ async def bench_sqlite(report: Report, plan: Plan) -> None:
     for w in plan.workloads():
         await measure(report, plan, "sqlite", RAW_SQLITE, raw_sqlite3, w)
         await measure(report, plan, "sqlite", SQLITE_STORE, chatstate_sqlite, w)
+        await measure(
+            report, plan, "sqlite", SQLITE_STORE_UNCACHED, chatstate_sqlite_uncached, w
+        )
 
 
 async def bench_sqlite_full(report: Report, plan: Plan) -> None:

@@ -76,13 +76,14 @@ async def temp_sqlite_path() -> AsyncIterator[Path]:
         yield Path(workdir) / "bench.db"
 
 
-def chatstate_sqlite_with(synchronous: str) -> SystemFactory:
-    """SQLiteStore on a fresh file with `?synchronous=` normal (the default) or full."""
+def chatstate_sqlite_with(synchronous: str, options: str = "") -> SystemFactory:
+    """SQLiteStore on a fresh file with `?synchronous=` normal (the default) or full, and
+    other URL `options` (e.g. "&cache=0")."""
 
     @asynccontextmanager
     async def factory(workload: Workload) -> AsyncIterator[Cycle]:
         async with temp_sqlite_path() as path:
-            store = open_store(f"sqlite:///{path}?synchronous={synchronous}")
+            store = open_store(f"sqlite:///{path}?synchronous={synchronous}{options}")
             async with chatstate_engine(store, workload) as cycle:
                 yield cycle
 
@@ -90,6 +91,8 @@ def chatstate_sqlite_with(synchronous: str) -> SystemFactory:
 
 
 chatstate_sqlite = chatstate_sqlite_with("normal")
+# Every load reads the file, as the raw loop does (the record cache off).
+chatstate_sqlite_uncached = chatstate_sqlite_with("normal", "&cache=0")
 
 
 @asynccontextmanager

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {
     "memory": {"chatstate MemoryStore", "aiogram MemoryStorage",
                "aiogram MemoryStorage+isolation", "floor: decode+encode only"},
-    "sqlite": {"chatstate SQLiteStore", "sqlite3 SELECT+UPSERT"},
+    "sqlite": {"chatstate SQLiteStore", "chatstate SQLiteStore (cache=0)", "sqlite3 SELECT+UPSERT"},
     "sqlite-full": {"chatstate SQLiteStore (full)", "sqlite3 SELECT+UPSERT (full)"},
     "bytes": {"chatstate MemoryStore", "aiogram MemoryStorage", "dict of dicts"},
     "claim": {"chatstate memory claim_due", "chatstate sqlite claim_due"},
