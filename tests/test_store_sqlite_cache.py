@@ -181,3 +181,30 @@ async def test_the_cache_option(tmp_path: Path) -> None:
     for bad in ("-1", "many"):
         with pytest.raises(ConfigurationError, match="cache"):
             open_store(f"sqlite:///{tmp_path / 'c.db'}?cache={bad}")
+
+
+async def test_another_event_loop_never_touches_the_cache(tmp_path: Path) -> None:
+    """The cache belongs to the loop that opened the store (its checks run on that loop's
+    connection); a thread with a loop of its own reads and commits through the worker."""
+    store = await _open(tmp_path / "c.db")
+    try:
+        record = await _commit(store, new_record(KEY), 1)
+        assert store._cache is not None and store._cache.get(KEY) is not None
+
+        def elsewhere() -> object:
+            async def update() -> object:
+                loaded = await store.load(KEY)
+                assert loaded is not None and loaded.version == 1
+                await _commit(store, loaded, 2)
+                return await _value(store)
+
+            return asyncio.run(update())
+
+        assert await asyncio.to_thread(elsewhere) == (2, 2)
+        assert store._cache.get(KEY) is None  # forgotten by that commit, not replaced
+        # As if this iteration's check had run before that commit: the key is read anew.
+        store._cache_state = True
+        assert await _value(store) == (2, 2)
+        assert record.version == 1
+    finally:
+        await store.close()

@@ -1120,11 +1120,11 @@ class SQLiteStore(Store):
         emptied when either fails. A commit elsewhere within the iteration can make an entry
         stale until the next one, as a read made just before that commit would be, and every
         commit compares versions, so a stale entry can only cost a `ConflictError`."""
+        loop = asyncio._get_running_loop()
+        if loop is None or loop is not self._reader_loop:
+            return None  # another event loop (or thread): it never touches the cache
         state = self._cache_state
         if state is None:
-            loop = asyncio._get_running_loop()
-            if loop is None or loop is not self._reader_loop:
-                return None
             state = self._cache_state = self._check_cache()
             loop.call_soon(self._forget_cache_state)
         return self._cache if state else None
@@ -1234,8 +1234,10 @@ class SQLiteStore(Store):
         except BaseException:
             cache.forget(key)  # refused, failed or cancelled: the next load reads the file
             raise
-        if self._cache_state or self._usable_cache() is not None:  # (known in this iteration)
+        if self._usable_cache() is not None:
             cache.put(key, row[_BLOB])
+        else:
+            cache.forget(key)  # committed from another event loop: the old bytes are stale
 
     def _history_rows(self, rid: str, history: HistoryChanges) -> _HistoryRows:
         pack, encode_summary = self.codec.pack_message, self.codec.encode_summary
