@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import itertools
 import logging
 import math
 import re
@@ -401,6 +402,8 @@ class PostgresStore(Store):
         self._busy: dict[Any, float] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._open_lock = asyncio.Lock()
+        self._mark_prefix = uuid.uuid4().hex[:16]
+        self._marks = itertools.count()
         self._closed = False
         parts = urlsplit(dsn)
         self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
@@ -446,7 +449,8 @@ class PostgresStore(Store):
 
     def _render_statements(self) -> dict[str, str]:
         q = self._q
-        now = "coalesce({}::float8, extract(epoch FROM clock_timestamp()))"
+        # date_part gives the float8 itself; extract() computes a numeric first (PostgreSQL 14+).
+        now = "coalesce({}::float8, date_part('epoch', clock_timestamp()))"
         delete_rows = (
             f"m AS (DELETE FROM {q}.history WHERE sid IN (SELECT num FROM d)), "
             f"su AS (DELETE FROM {q}.summaries WHERE session_id IN (SELECT id FROM d)) "
@@ -1013,8 +1017,9 @@ class PostgresStore(Store):
             lease.token if lease is not None else None, bool(release and lease is not None),
             self._now(), *rows, added, summaries, drop_through, drop_summaries,
             # The commit's mark: the same for every attempt of this call, so a retry can tell
-            # its own applied commit from an identical one by another writer.
-            uuid.uuid4(),
+            # its own applied commit from an identical one by another writer. A random prefix
+            # per store and a counter (uuid text: no urandom call per commit).
+            f"{self._mark_prefix}{next(self._marks):016x}",
             *(split if split is not None else (None, None, None, None)),
         )
 
