@@ -129,10 +129,14 @@ async def measure(
     async with factory(workload) as cycle:
         if probe is not None:
             await probe.start()
+        cpu = time.process_time()
         seconds, latencies, done = await run_workload(cycle, workload, plan.max_seconds)
+        cpu = time.process_time() - cpu
         if probe is not None:
             await probe.stop()
-    extra = await probe.finish(len(latencies)) if probe is not None else {}
+    extra = {"client_cpu_us_per_update": round(cpu / max(1, len(latencies)) * 1e6, 2)}
+    if probe is not None:
+        extra.update(await probe.finish(len(latencies)))
     return report.add(make_result(group, system, workload, seconds, latencies, done, **extra))
 
 

@@ -72,6 +72,7 @@ def test_benchmark_group_reports_its_figures(group: str, quick_run: list[dict[st
     for r in results:
         if r["messages"]:  # a throughput configuration
             assert r["messages"] == r["users"] * 3  # --quick: 3 messages per user
+            assert r["extra"]["client_cpu_us_per_update"] > 0
             assert r["msgs_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
         extra = r["extra"]
         assert isinstance(extra, dict)
