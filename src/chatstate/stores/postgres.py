@@ -34,7 +34,10 @@ a replaced session, a retry after a lost answer) asks it next. A usual commit is
 touching no index. Connections go back to the store's own pool (`postgres_pool`) without a
 reset query (the store never leaves session state behind: no LISTEN, advisory locks or SET;
 the lease's ``set_config`` is local to its transaction) and without asyncpg.Pool's
-per-checkout Python overhead. pg_stat_database counts two transactions per update.
+per-checkout Python overhead. pg_stat_database counts two transactions per update, fewer
+when many run at once: while a lease statement runs (two at most with the default pool),
+further lease requests wait and go out together in one statement (`lease_and_load`); each
+commit stays a synchronous transaction of its own.
 
 History: one row per commit (up to 64 messages) in ``history`` keyed by (session number, newest
 seq): the messages in `Codec.pack_message`'s compact form, deflated with a fixed dictionary, in a
@@ -121,6 +124,7 @@ _CLIENT_TIMEOUT_MARGIN = 0.5  # seconds the client waits beyond the server's sta
 # Opening may migrate (several statements, each bounded by statement_timeout): the backstop
 # for the whole schema check is this much longer.
 _MIGRATION_BACKSTOP = 60.0
+_LEASE_BATCH = 64  # lease requests per batched statement (lease_and_load)
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
 # Errors that mean "the server could not be reached or did not answer": the store turns them
@@ -402,6 +406,11 @@ class PostgresStore(Store):
         self._busy: dict[Any, float] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._open_lock = asyncio.Lock()
+        # Lease statements running and requests waiting to go out together (lease_and_load).
+        self._leasing = 0
+        self._lease_slots = max(1, pool_max_size // 4)
+        self._lease_queue: builtins.list[tuple[str, str, float, asyncio.Future[Any]]] = []
+        self._flushes: set[asyncio.Future[None]] = set()
         self._mark_prefix = uuid.uuid4().hex[:16]
         self._marks = itertools.count()
         self._closed = False
@@ -530,6 +539,21 @@ class PostgresStore(Store):
                 f"expires_at = excluded.expires_at WHERE l.expires_at <= {now4} "
                 f"OR l.owner = excluded.owner OR l.token = (SELECT released_token {current}) "
                 f"RETURNING l.token, l.expires_at, (SELECT record {current}), "
+                "set_config('synchronous_commit', 'off', true)"
+            ),
+            # The same for several keys (distinct, locked in key order so that two batches
+            # never wait for each other in a cycle); the rows say which keys were taken.
+            "lease_and_load_many": (
+                f"INSERT INTO {q}.leases AS l (key, owner, token, expires_at) "
+                f"SELECT r.key, r.owner, nextval('{q}.lease_token'), {now4} + r.ttl "
+                "FROM unnest($1::text[], $2::text[], $3::float8[]) AS r(key, owner, ttl) "
+                "ORDER BY r.key "
+                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
+                f"expires_at = excluded.expires_at WHERE l.expires_at <= {now4} "
+                "OR l.owner = excluded.owner OR l.token = (SELECT s.released_token "
+                f"FROM {q}.sessions s WHERE s.key = l.key AND s.is_current) "
+                "RETURNING l.key, l.token, l.expires_at, (SELECT s.record "
+                f"FROM {q}.sessions s WHERE s.key = l.key AND s.is_current), "
                 "set_config('synchronous_commit', 'off', true)"
             ),
             # The general path (postgres_schema, version 13): new and replaced sessions,
@@ -1289,13 +1313,33 @@ class PostgresStore(Store):
     async def lease_and_load(
         self, key: str, owner: str, ttl: float
     ) -> tuple[Lease | None, SessionRecord | None]:
-        args = (key, owner, float(ttl), self._now())
-        sql = self._sql
+        # At most `_lease_slots` lease statements run at once; requests arriving meanwhile
+        # wait and go out together in one statement (`_flush_leases`): with 64 updates at a
+        # time a lease costs the server about half the instructions in batches of six, while
+        # one update at a time never waits.
+        if self._leasing < self._lease_slots:
+            self._leasing += 1
+            try:
+                row = await self._read(
+                    "lease_and_load",
+                    lambda c: c.fetchrow(
+                        self._sql["lease_and_load"], key, owner, float(ttl), self._now()),
+                )
+            finally:
+                self._leasing -= 1
+                if self._lease_queue:
+                    self._start_lease_flush()
+            return self._leased(key, owner, row)
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._lease_queue.append((key, owner, float(ttl), waiter))
+        return self._leased(key, owner, await waiter)
 
-        row = await self._read(
-            "lease_and_load", lambda c: c.fetchrow(sql["lease_and_load"], *args)
-        )
-        if row is None:  # held by another owner
+    def _leased(
+        self, key: str, owner: str, row: Any
+    ) -> tuple[Lease | None, SessionRecord | None]:
+        """A lease statement's row for `key` (token, expires_at, record; None: held by
+        another owner) as lease_and_load's answer."""
+        if row is None:
             return None, None
         lease = Lease(key=key, owner=owner, token=row[0], expires_at=row[1])
         raw = row[2]
@@ -1305,6 +1349,81 @@ class PostgresStore(Store):
             return lease, self._decode(raw, key)
         except CorruptRecordError as exc:
             raise corrupt_with_lease(exc, lease) from None
+
+    def _start_lease_flush(self) -> None:
+        self._leasing += 1
+        task = asyncio.ensure_future(self._flush_leases())
+        self._flushes.add(task)  # keep a reference until it finishes
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush_leases(self) -> None:
+        """Send the waiting lease requests, up to `_LEASE_BATCH` distinct keys per statement,
+        until none waits (holds one of the lease slots meanwhile)."""
+        try:
+            while self._lease_queue:
+                batch = self._next_lease_batch()
+                if batch:
+                    await self._lease_batch(batch)
+        finally:
+            self._leasing -= 1
+            if self._lease_queue and self._leasing < self._lease_slots:
+                self._start_lease_flush()
+
+    def _next_lease_batch(self) -> builtins.list[tuple[str, str, float, asyncio.Future[Any]]]:
+        """Waiting requests of distinct keys (a key asked twice waits for the next batch: one
+        statement cannot upsert a row twice); requests given up meanwhile are dropped."""
+        batch: builtins.list[tuple[str, str, float, asyncio.Future[Any]]] = []
+        later: builtins.list[tuple[str, str, float, asyncio.Future[Any]]] = []
+        keys: set[str] = set()
+        for request in self._lease_queue:
+            if request[3].done():
+                continue
+            if request[0] in keys or len(batch) >= _LEASE_BATCH:
+                later.append(request)
+            else:
+                keys.add(request[0])
+                batch.append(request)
+        self._lease_queue[:] = later
+        return batch
+
+    async def _lease_batch(
+        self, batch: builtins.list[tuple[str, str, float, asyncio.Future[Any]]]
+    ) -> None:
+        keys = [r[0] for r in batch]
+        owners = [r[1] for r in batch]
+        ttls = [r[2] for r in batch]
+        try:
+            rows = await self._read(
+                "lease_and_load",
+                lambda c: c.fetch(self._sql["lease_and_load_many"], keys, owners, ttls,
+                                  self._now()),
+            )
+        except Exception as exc:
+            for *_, waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        except BaseException:  # cancelled (the loop is shutting down): so are its requests
+            for *_, waiter in batch:
+                waiter.cancel()
+            raise
+        taken = {row[0]: row[1:] for row in rows}
+        for key, owner, _, waiter in batch:
+            row = taken.get(key)
+            if not waiter.done():
+                waiter.set_result(row)
+            elif row is not None:
+                # Its caller gave up while the statement ran: free the lease it would hold.
+                lease = Lease(key=key, owner=owner, token=row[0], expires_at=row[1])
+                task = asyncio.ensure_future(self._release_quietly(lease))
+                self._flushes.add(task)
+                task.add_done_callback(self._flushes.discard)
+
+    async def _release_quietly(self, lease: Lease) -> None:
+        try:
+            await self.release(lease)
+        except Exception:
+            log.warning("could not release the abandoned lease of %s", lease.key, exc_info=True)
 
     async def renew(self, lease: Lease, ttl: float) -> Lease | None:
         expires_at = await self._read(
