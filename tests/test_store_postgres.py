@@ -630,10 +630,13 @@ async def test_commits_are_hot_updates_that_touch_no_index(
 
     await run(1)  # creates the sessions (inserts)
     before = await updated()
-    await run(5)
+    # Few enough versions to fit the rows' page without pruning it first: pruning waits for
+    # the oldest snapshot in the database, which another client's open transaction can hold,
+    # and an update that finds no room on its page cannot be HOT, whatever it assigns.
+    await run(2)
     after = await updated()
-    assert after[0] - before[0] >= 15
-    assert after[1] - before[1] >= 15  # every one of them HOT
+    assert after[0] - before[0] >= 6
+    assert after[1] - before[1] >= 6  # every one of them HOT
 
 
 # -- search, options --------------------------------------------------------------------------
