@@ -308,10 +308,10 @@ local k, legacy = f[1], nil
 local v, lg, wi, xi
 if k then
   lg, wi, xi, v = string.match(k, '^([^,]*),([^,]*),([^,]*),([^,]*),')
-elseif f[2] then  -- a row of layout 7: its fields move into 'k' with this commit
+else  -- a row of layout 7 (or none): its fields move into 'k' with this commit
   legacy = redis.call('HMGET', p, 'v', 'lg', 'wi', 'xi', 'c', 'nm', 'nd')
   v, lg, wi, xi = legacy[1], legacy[2], legacy[3], legacy[4]
-end  -- (no session at the key: a pointer holds row fields only with its 'id')
+end
 local id = A[2]
 local lease, l = A[4], f[3] or ''
 -- The lease field as the client expects it: valid (its expiry, later than `now`, was checked
@@ -387,10 +387,9 @@ for i = 7, 8 do
   if i == 8 then pos, index = xi, 'due:expire' end
   if at ~= '' then
     local move = not pos or pos == ''
-    if not move then  -- (one string.byte call per time: a library call costs ~1k instructions)
-      local a1, _, _, _, _, _, _, _, _, _, a11 = string.byte(at, 1, 11)
-      local p1, _, _, _, _, _, _, _, _, _, p11 = string.byte(pos, 1, 11)
-      if a11 == 46 and p11 == 46 and a1 ~= 45 and p1 ~= 45 then
+    if not move then
+      if string.byte(at, 11) == 46 and string.byte(pos, 11) == 46 and string.byte(at) ~= 45
+          and string.byte(pos) ~= 45 then
         move = at < pos
       else
         move = tonumber(at) < tonumber(pos)
