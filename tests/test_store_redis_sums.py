@@ -135,9 +135,9 @@ async def test_a_fold_larger_than_one_call(store: RedisStore) -> None:
     assert await _dirty(store) == 0
 
 
-async def test_a_layout_5_prefix_is_marked_8_in_place() -> None:
+async def test_a_layout_5_prefix_is_marked_7_in_place() -> None:
     require_service("Redis", "127.0.0.1", 6379)
-    assert LAYOUT_VERSION == "8"
+    assert LAYOUT_VERSION == "7"
     prefix = "layout5upgrade"
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
@@ -145,7 +145,7 @@ async def test_a_layout_5_prefix_is_marked_8_in_place() -> None:
         await client.hset(f"{prefix}:agg", mapping={"t": 1, "m": 7})
         store = RedisStore.from_url(REDIS_URL, prefix=prefix)
         await store.open()
-        assert await client.get(f"{prefix}:layout") == b"8"
+        assert await client.get(f"{prefix}:layout") == b"7"
         assert (await store.stats()).messages == 7  # nothing filed: the sums were folded
         await store.close()
         await client.set(f"{prefix}:layout", "4")

@@ -15,20 +15,17 @@ script call, so a serialised update costs two round trips. On standalone Redis t
 on the store's own lean connection pool (see `_LeanPool`, `RedisStore._evalsha`): redis-py's
 client layer cost more client time per update than the requests themselves.
 
-Data layout, version 8 (P = prefix, B = the session base, K = canonical session key)::
+Data layout, version 7 (P = prefix, B = the session base, K = canonical session key)::
 
     B:r           hash  the key's lease: l = "<expiry><fencing token>:<owner>" (expiry all
                         zeros once released; token and owner stay); and its current session:
                         id, and the row fields below
     B:s:<id>      hash  the row of a session that a newer one replaced at the key:
-                        k (control: "<lg>,<wi>,<xi>,<v>,<c>,<la>,<w>,<x>,<nm>,<nd>", see
-                        redis_scripts.CONTROL_FIELDS: listing group (the minute), where its due
-                        entries sit, version, mark of the commit that wrote it, -last_activity
-                        (exact), due times ('' = none), sums), b (record), mt (what rarely
-                        changes, as the commit got it), ag (aggregate contribution), nk (tokens),
-                        st, fl, sp (filter fields), gc, p (purge due), pi (its due entry),
-                        cm, cd (the sums as the aggregates hold them, while a fold is due).
-                        Rows of layout 7 hold the control values as separate fields
+                        b (record), v, ag (aggregate contribution), nm, nk, nd (sums), st, fl,
+                        sp (filter fields), gc, c (mark of the commit that wrote it), w, x, p
+                        (due times, '' = none), wi, xi, pi (where its due entries sit),
+                        la (-last_activity, exact), lg (its listing group, the minute),
+                        cm, cd (the sums as the aggregates hold them, while a fold is due)
     B:h:<id>      list  history, oldest first: 4-byte seq + message (Codec.pack_message's
                         form); a few bytes per entry where a sorted set costs ~100
     B:m:<id>      zset  score end_seq -> summary
@@ -42,24 +39,22 @@ Data layout, version 8 (P = prefix, B = the session base, K = canonical session 
     I:dirty       set   "K id"                    rows whose sums m, d wait for a fold
     I:ids         hash  id -> K                   finds replaced sessions by id
     I:q           list  quarantined records
-    I:layout      string  the layout version ("8")
+    I:layout      string  the layout version ("7")
 
 The current session lives in the pointer hash itself, so an update touches one session key:
 `lease_and_load` is one HMGET and one HSET of B:r, and a commit one HMGET and one HSET of B:r
-plus only the index entries that must change (compared with the row's previous lg, wi, xi and
-mt, read by that same HMGET; pi only when mt changed). The message and duration sums change
-with every message, so the aggregates take them lazily: a commit files its row in I:dirty once
-(keeping the folded values in cm, cd), and `stats()` folds the filed rows into I:agg first
-(FOLD, in calls of at most SCAN_BUDGET rows); `count()` needs no fold. The listing index holds
-minutes, so only the first commit of a session in a minute moves its entry; a listing page reads
-whole minutes (in calls of at most SCAN_BUDGET entries) and sorts them exactly, then fetches the
-page's records.
+plus only the index entries that must change (compared with the row's previous lg, wi, xi, pi
+and mt fields, read by that same HMGET). The message and duration sums change with every
+message, so the aggregates take them lazily: a commit files its row in I:dirty once (keeping the
+folded values in cm, cd), and `stats()` folds the filed rows into I:agg first (FOLD, in calls of
+at most SCAN_BUDGET rows); `count()` needs no fold. The listing index holds minutes, so only the
+first commit of a session in a minute moves its entry; a listing page reads whole minutes (in
+calls of at most SCAN_BUDGET entries) and sorts them exactly, then fetches the page's records.
 The due index is lazy, as the MemoryStore's: a commit whose due time moved later (a sliding idle
 deadline, every message) leaves the entry where it is, and `claim_due` moves an early entry to
 the real time instead of handing it out. Lease times are fixed-width microsecond strings,
-compared as strings by the scripts. Layouts 5 to 7 are marked 8 at `open()` (their rows need
-no change: every script reads their separate fields, a pointer's next commit packs them into
-'k', its next lease moves a lease of layout 5 or 6 into 'l'); layouts 1 to 4 are refused with
+compared as strings by the scripts. Layouts 5 and 6 are marked 7 at `open()` (their rows need
+no change; a pointer's lease moves into 'l' at its next lease); layouts 1 to 4 are refused with
 a ConfigurationError: start on an empty prefix.
 
 Standalone Redis: B = ``P:{K}`` and I = ``P`` (one global index of each kind). Every script
@@ -711,16 +706,12 @@ class RedisStore(Store):
             if release:
                 released = lua.RELEASED + holder
         keys = [f"{base}:r", self._index_prefix(key)]
-        warn_at = "" if warn is None else _float(warn)
-        expire_at = "" if expires is None else _float(expires)
-        duration = round(max(0.0, last_activity - created_at) * 1000)
-        # The control values the client decides, stored as they come (see
-        # redis_scripts.CONTROL_FIELDS): version, mark, -last_activity, due times, sums.
-        control = (f"{expected + 1},{mark},{_float(-last_activity)},{warn_at},{expire_at},"
-                   f"{record.counters.messages},{duration}")
         args: list[Any] = [
-            expected, sid, blob, held, now_us, f"{_listing_group(last_activity)}*",
-            warn_at, expire_at, control, _Contribution.meta(record, purge, gc_ms > 0), released,
+            expected, sid, blob, mark, held, now_us,
+            _float(-last_activity), f"{_listing_group(last_activity)}*",
+            "" if warn is None else _float(warn), "" if expires is None else _float(expires),
+            record.counters.messages, round(max(0.0, last_activity - created_at) * 1000),
+            _Contribution.meta(record, purge, gc_ms > 0), released,
         ]
         if extras:
             args.append(extras)

@@ -48,13 +48,12 @@ end
 
 # The layout version this module writes (see `chatstate.stores.redis`). Stores of an older
 # layout are refused at open() with a message saying what to do, never misread. Layouts 5 and
-# 6 and 7 are marked 8 in place: layout 5 data is layout 7 data whose sums are all folded (no
-# row has 'cm'); a pointer of 5 or 6 keeps its lease in fields o, t, e until its next lease moves
-# it into 'l' (see LEASE_AND_LOAD); a row of 5 to 7 keeps the control values in separate fields
-# until its next commit packs them into 'k' (see CONTROL_FIELDS), and every script reads both.
-# From then on, a process of an older version refuses the prefix instead of misreading it.
-LAYOUT_VERSION = "8"
-LAYOUT_UPGRADED_IN_PLACE = ("5", "6", "7")
+# 6 are marked 7 in place: layout 5 data is layout 7 data whose sums are all folded (no row has
+# 'cm'), and a pointer of either keeps its lease in fields o, t, e until its next lease moves it
+# into 'l' (see LEASE_AND_LOAD). From then on, a process of an older version refuses the prefix
+# instead of misreading it.
+LAYOUT_VERSION = "7"
+LAYOUT_UPGRADED_IN_PLACE = ("5", "6")
 
 # KEYS: 1 layout marker, 2 aggregates, 3 listing index (of one bucket); ARGV: 1 layout version,
 # 2.. the older versions that are marked as ARGV[1] in place
@@ -79,26 +78,10 @@ return ARGV[1]
 # and one write of one key, and a commit reads and writes that one key (plus the indexes whose
 # value changed). A replaced session's row moves to B:s:<id>.
 ROW_FIELDS = (
-    "k", "b", "v", "ag", "st", "fl", "sp", "gc", "nm", "nk", "nd", "c", "w", "x", "p", "la", "mt",
+    "b", "v", "ag", "st", "fl", "sp", "gc", "nm", "nk", "nd", "c", "w", "x", "p", "la", "mt",
     "wi", "xi", "pi", "lg", "cm", "cd",
 )
 _ROW_FIELDS_LUA = ", ".join(f"'{name}'" for name in ROW_FIELDS)
-
-# Layout 8 packs what every commit writes and most of what it reads into one field of the row,
-# the control field 'k' = "<lg>,<wi>,<xi>,<v>,<c>,<la>,<w>,<x>,<nm>,<nd>" (listing group, due
-# positions, version, commit mark, -last_activity, due times, sums; '' = none; no value holds a
-# comma): one field read and written where ten cost the server a field (and most of them an
-# argument) each. The client sends the part from <v> on as one argument, stored as it came (so
-# the script never formats a number); the commit reads the first four values with one match.
-# A row written by layout 7 has these as separate fields and no 'k': every script reads both
-# forms, and the next commit of a layout-7 pointer moves its fields into 'k'.
-CONTROL_FIELDS = ("lg", "wi", "xi", "v", "c", "la", "w", "x", "nm", "nd")
-_CONTROL = "^" + ",".join(["([^,]*)"] * len(CONTROL_FIELDS)) + "$"
-# The sums nm, nd: of a control field, and of the client's part of one (from <v> on). Anchored
-# at both ends: an unanchored pattern is retried from every position of the string, and its
-# backtracking costs the server hundreds of thousands of instructions per match.
-_CONTROL_SUMS = "^" + "[^,]*," * 8 + "([^,]*),([^,]*)$"
-_CLIENT_SUMS = "^" + "[^,]*," * 5 + "([^,]*),([^,]*)$"
 
 # The lease is one field of the pointer, 'l' = "<expiry><token>:<owner>": the expiry a
 # fixed-width microsecond string (see `chatstate.stores.redis._us`; all zeros once released),
@@ -225,22 +208,22 @@ return out
 
 # The hot path of every update, so it is written for the common case: one HMGET and one HSET of
 # the pointer, and an index is written only when it must be (the previous values are the row's
-# own: control values lg the listing group (and whether the sums wait for a fold), wi/xi and the
-# field 'pi' where the session's due entries sit, the field 'mt' the rarely changing part). The
-# listing index holds a session at its minute (lg), so only the first commit of a minute moves
-# its entry; la holds the exact time. The steady HSET writes the control field, the record and
-# (on release) the lease; the rare fields are written only when their values change.
+# own fields: 'lg' the listing group (and whether the sums wait for a fold), 'wi'/'xi'/'pi'
+# where the session's due entries sit, 'mt' the rarely changing part). The listing index holds
+# a session at its minute ('lg'), so only the first commit of a minute moves its entry; 'la'
+# holds the exact time. A field is written only when its value changes ('lg', 'wi', 'xi' and
+# the rare ones are not part of the common HSET).
 #
 # Server time goes mostly to fixed costs per element: each script argument, each field an HMGET
 # returns and each field an HSET writes becomes a Lua string and a table slot, and every
-# redis.call costs thousands of instructions before its command runs (and each call of a Lua
-# library function about a thousand). So the script takes 13 arguments, the steady path reads
-# 4 fields, writes 2 or 3 and makes two calls, and rare work is named from the pointer and the index
+# redis.call costs thousands of instructions before its command runs. So the script takes at
+# most 16 arguments (the ARGV table then grows no further), the steady path reads 7 fields,
+# writes 8 or 9 and makes two calls, and rare work is named from the pointer and the index
 # prefix (B is the pointer without ':r', the listing index is I .. 'recent') instead of
 # travelling as arguments.
 #
 # The due index is lazy, as in the MemoryStore: a session's entry of one kind sits at or before
-# its real due time (w, x, 'p'), at the position its wi/xi/'pi' names. A commit
+# its real due time ('w', 'x', 'p'), at the position its 'wi'/'xi'/'pi' field names. A commit
 # adds an entry only when the new due time is earlier than the entry's position (or there is
 # none); otherwise the early entry moves itself to the real time when CLAIM_DUE reaches it. So
 # a sliding idle deadline, which moves later with every message, costs no index write. An entry
@@ -251,10 +234,10 @@ return out
 # The message and duration sums (aggregate fields 'm', 'd') change with every message, so they
 # are folded into the aggregates lazily (see FOLD): the aggregates hold each row's sums as of
 # its last fold. A row whose sums moved since then keeps the folded values in 'cm'/'cd', its
-# member "K id" in the bucket's set I:dirty and a '*' after its listing group lg (which the
-# commit reads anyway); the first commit after a fold files it (one extra write), later ones
-# only see the '*'. A row without 'cm' is folded (its nm/nd are in the
-# aggregates). A session new at the key adds its sums at once. The commit mark c is matched
+# member "K id" in the bucket's set I:dirty and a '*' after its listing group in 'lg' (which
+# the commit reads anyway); the first commit after a fold files it (one extra read and write),
+# later ones only see the '*'. A row without 'cm' is folded ('nm'/'nd' are in the
+# aggregates). A session new at the key adds its sums at once. The commit mark 'c' is read
 # only when the lease or version check fails (to recognise an applied earlier attempt).
 #
 # What rarely changes (status, flow, step, whether a GC backstop is set, purge time, tokens, the
@@ -274,27 +257,26 @@ _SESSION_KEY = (
 # The hot path avoids what costs the server most per element besides the calls themselves:
 # arguments it does not need (the canonical key is derived from the pointer's name on the rare
 # paths that need it; extras and history travel only when there are some), numbers formatted
-# as strings (the new version arrives with the control values, see CONTROL_FIELDS) or parsed
-# from long decimals (the due positions are compared as strings when both have ten
+# as strings ("%.14g" costs thousands of instructions: the new version is formatted with '%d')
+# or parsed from long decimals (the due positions are compared as strings when both have ten
 # integer digits, as every time from 2001 to 2286 has), and substrings and concatenations (the
 # lease is compared whole: the client sends the lease field it expects, and the released
 # field; the listing group arrives with its '*').
 #
 # KEYS: 1 pointer, 2 index prefix I (ends with ':')
-# ARGV: 1 expected version (the stored one, '0' = none), 2 id, 3 blob,
-#       4 lease: the lease field as the client expects it, "<expires_at><token>:<owner>" (its
+# ARGV: 1 expected version (the stored one, '0' = none; the new one is this + 1), 2 id, 3 blob,
+#       4 commit mark (random, the same for every attempt of one commit() call),
+#       5 lease: the lease field as the client expects it, "<expires_at><token>:<owner>" (its
 #       expiry replaced by 17 'x' when it ran out by the client's clock), '' = no lease,
-#       5 now (microseconds, as lease times), 6 listing group (the listing index's score, see
-#       SCAN) followed by '*', 7 warn due, 8 expire due ('' = none),
-#       9 the control values from <v> on (see CONTROL_FIELDS): "<new version>,<commit mark
-#         (random, the same for every attempt of one commit() call)>,<-last_activity (exact)>,
-#         <warn due>,<expire due>,<messages handled>,<duration (ms)>",
-#       10 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
+#       6 now (microseconds, as lease times), 7 -last_activity (exact, 'la'), 8 listing group
+#       (the listing index's score, see SCAN) followed by '*', 9 warn due, 10 expire due
+#       ('' = none), 11 messages handled, 12 duration (ms),
+#       13 meta: JSON [status, flow, step, GC backstop set ('1'|'0'), purge due ('' = none),
 #          tokens, [field, amount, ...] (the categorical contribution)],
-#       11 the lease field once released ('' = keep the lease; see RELEASED),
-#       12 (absent when there are none) extras: "<GC backstop in ms, '0' = none>;<history>"
+#       14 the lease field once released ('' = keep the lease; see RELEASED),
+#       15 (absent when there are none) extras: "<GC backstop in ms, '0' = none>;<history>"
 #          where history is '' (no change) or "<n messages> <n summaries> <drop messages
-#          through ('-' = no)> <drop summaries ('1'|'0')>", 13.. one history entry per message
+#          through ('-' = no)> <drop summaries ('1'|'0')>", 16.. one history entry per message
 #          (see _HISTORY_LUA), then (end_seq, blob) per summary
 # -> 1 committed (or found applied by an earlier attempt of this same call, whose answer was
 #    lost: recognised by its mark, never by content, since another writer may have committed
@@ -303,38 +285,26 @@ _SESSION_KEY = (
 COMMIT = """
 local A = ARGV  -- a local: every global lookup costs
 local p = KEYS[1]
-local f = redis.call('HMGET', p, 'k', 'id', 'l', 'mt')
-local k, legacy = f[1], nil
-local v, lg, wi, xi
-if k then
-  lg, wi, xi, v = string.match(k, '^([^,]*),([^,]*),([^,]*),([^,]*),')
-else  -- a row of layout 7 (or none): its fields move into 'k' with this commit
-  legacy = redis.call('HMGET', p, 'v', 'lg', 'wi', 'xi', 'c', 'nm', 'nd')
-  v, lg, wi, xi = legacy[1], legacy[2], legacy[3], legacy[4]
-end
-local id = A[2]
-local lease, l = A[4], f[3] or ''
+local f = redis.call('HMGET', p, 'v', 'id', 'l', 'mt', 'lg', 'wi', 'xi')
+local id, version = A[2], string.format('%d', A[1] + 1)
+local lease, l = A[5], f[3] or ''
 -- The lease field as the client expects it: valid (its expiry, later than `now`, was checked
 -- by the client: both times are the client's). Else a renewal whose answer was lost may have
 -- moved the expiry: the stored lease decides, as it is.
 local lost = lease ~= '' and l ~= lease and (
-  string.sub(l, 18) ~= string.sub(lease, 18) or string.sub(l, 1, 17) <= A[5])
-if lost or (v or '0') ~= A[1] then
+  string.sub(l, 18) ~= string.sub(lease, 18) or string.sub(l, 1, 17) <= A[6])
+if lost or (f[1] or '0') ~= A[1] then
   -- An earlier attempt of this same call was applied and its answer lost (its lease may be
   -- released since): recognised by the mark, never by content.
-  local version, mark = string.match(A[9], '^([^,]*),([^,]*)')
-  if v == version and f[2] == id then
-    local c
-    if k then c = string.match(k, '^[^,]*,[^,]*,[^,]*,[^,]*,([^,]*)') else c = legacy[5] end
-    if c == mark then return 1 end
-  end
+  if f[1] == version and f[2] == id and redis.call('HGET', p, 'c') == A[4] then return 1 end
   if lost then return 'l' .. (string.match(l, '^%d+', 18) or '0') end
-  return 'c' .. (v or '0')
+  return 'c' .. (f[1] or '0')
 end
-local I, meta = KEYS[2], A[10]
+local I, meta = KEYS[2], A[13]
 local key = nil  -- the canonical key, built when needed (see _SESSION_KEY)
--- The row's previous meta; and rare: the previous ag, gc, pi, nk (read only when meta changed)
-local mt, rare = f[4], nil
+-- The row's previous meta, listing group (with '*' while a fold is due), due positions; and
+-- rare: the previous ag, gc, pi, nk (read only when meta changed)
+local mt, lg, wi, xi, rare = f[4], f[5], f[6], f[7], nil
 local fresh = f[2] ~= id
 local member
 if fresh then
@@ -356,35 +326,27 @@ if fresh then
   -- A row already stored under this id (a replaced session committed again) moves into the
   -- pointer: its contribution and due entries are the ones this commit replaces. Its sums are
   -- settled here (the aggregates hold 'cm'/'cd' when set, else 'nm'/'nd'), so it is folded.
-  -- It may be of layout 7 (no 'k').
   local name = B .. ':s:' .. id
-  local old = redis.call('HMGET', name, 'k', 'mt', 'cm', 'cd', 'ag', 'gc', 'pi', 'nk', 'v',
-    'lg', 'wi', 'xi', 'nm', 'nd')
-  local ov, onm, ond
-  if old[1] then
-    local c = {string.match(old[1], '""" + _CONTROL + """')}
-    lg, wi, xi, ov, onm, ond = c[1], c[2], c[3], c[4], c[9], c[10]
-  else
-    ov, lg, wi, xi, onm, ond = old[9], old[10], old[11], old[12], old[13], old[14]
-  end
-  mt = old[2]
-  rare = {old[5], old[6], old[7], old[8]}
-  if ov then redis.call('DEL', name) end
+  local old = redis.call('HMGET', name, 'v', 'mt', 'lg', 'wi', 'xi', 'cm', 'cd', 'nm', 'nd',
+    'ag', 'gc', 'pi', 'nk')
+  mt, lg, wi, xi = old[2], old[3], old[4], old[5]
+  rare = {old[10], old[11], old[12], old[13]}
+  if old[1] then redis.call('DEL', name) end
   redis.call('HSET', I .. 'ids', id, key)
   member = key .. ' ' .. id
   local agg = I .. 'agg'
-  local nm, nd = string.match(A[9], '""" + _CLIENT_SUMS + """')
-  local d = nm - (old[3] or onm or 0)
+  local d = A[11] - (old[6] or old[8] or 0)
   if d ~= 0 then redis.call('HINCRBY', agg, 'm', string.format('%d', d)) end
-  d = nd - (old[4] or ond or 0)
+  d = A[12] - (old[7] or old[9] or 0)
   if d ~= 0 then redis.call('HINCRBY', agg, 'd', string.format('%d', d)) end
+  redis.call('HSET', p, 'wi', wi or '', 'xi', xi or '')
 end
--- Warn (A[7], position wi) and expire (A[8], xi): an entry moves only to an earlier time.
+-- Warn (A[9], position 'wi') and expire (A[10], 'xi'): an entry moves only to an earlier time.
 -- Times compare as strings when both have ten integer digits (Python float reprs of every time
 -- from 2001 to 2286; parsing such a number costs the server about half a microsecond).
-for i = 7, 8 do
-  local at, pos, index = A[i], wi, 'due:warn'
-  if i == 8 then pos, index = xi, 'due:expire' end
+for i = 9, 10 do
+  local at, pos, field, index = A[i], wi, 'wi', 'due:warn'
+  if i == 10 then pos, field, index = xi, 'xi', 'due:expire' end
   if at ~= '' then
     local move = not pos or pos == ''
     if not move then
@@ -401,43 +363,35 @@ for i = 7, 8 do
         member = key .. ' ' .. id
       end
       redis.call('ZADD', I .. index, at, member)
-      if i == 7 then wi = at else xi = at end
+      redis.call('HSET', p, field, at)
     end
   end
 end
--- The steady state: same minute, row already filed for a fold ('lg' ends with '*', as A[6]).
-if lg ~= A[6] then
-  local group = string.sub(A[6], 1, -2)
+-- The steady state: same minute, row already filed for a fold ('lg' ends with '*', as A[8]).
+if lg ~= A[8] then
+  local group = string.sub(A[8], 1, -2)
   local due = lg and string.byte(lg, -1) == 42  -- '*': the row waits for a fold
   if due then lg = string.sub(lg, 1, -2) end
   if fresh then due = false end  -- its sums were settled above
   key = key or (""" + _SESSION_KEY + """)
   if lg ~= group then redis.call('ZADD', I .. 'recent', group, id .. ' ' .. key) end
   if not due and not fresh then  -- the sums were folded: keep those values until the next fold
-    local nm, nd = string.match(A[9], '""" + _CLIENT_SUMS + """')
-    local om, od
-    if k then
-      om, od = string.match(k, '""" + _CONTROL_SUMS + """')
-    else
-      om, od = legacy[6], legacy[7]
-    end
-    if om ~= nm or od ~= nd then
-      redis.call('HSET', p, 'cm', om or '0', 'cd', od or '0')
+    local s = redis.call('HMGET', p, 'nm', 'nd')
+    if s[1] ~= A[11] or s[2] ~= A[12] then
+      redis.call('HSET', p, 'cm', s[1] or '0', 'cd', s[2] or '0')
       member = member or (key .. ' ' .. id)
       redis.call('SADD', I .. 'dirty', member)
       due = true
     end
   end
-  if due then lg = A[6] else lg = group end
+  if due then redis.call('HSET', p, 'lg', A[8]) else redis.call('HSET', p, 'lg', group) end
 end
-k = lg .. ',' .. (wi or '') .. ',' .. (xi or '') .. ',' .. A[9]
-if A[11] ~= '' then  -- release the lease
-  redis.call('HSET', p, 'k', k, 'b', A[3], 'l', A[11])
+if A[14] ~= '' then  -- release the lease
+  redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[7], 'w', A[9],
+    'x', A[10], 'nm', A[11], 'nd', A[12], 'l', A[14])
 else
-  redis.call('HSET', p, 'k', k, 'b', A[3])
-end
-if legacy and legacy[1] then
-  redis.call('HDEL', p, 'v', 'lg', 'wi', 'xi', 'c', 'la', 'w', 'x', 'nm', 'nd')
+  redis.call('HSET', p, 'v', version, 'b', A[3], 'c', A[4], 'la', A[7], 'w', A[9],
+    'x', A[10], 'nm', A[11], 'nd', A[12])
 end
 if fresh or mt ~= meta then
   if not rare then rare = redis.call('HMGET', p, 'ag', 'gc', 'pi', 'nk') end
@@ -475,8 +429,8 @@ if fresh or mt ~= meta then
     redis.call('PERSIST', p)  -- a pointer created by a lease had a backstop expiry
   end
 end
-if not A[12] then return 1 end
-local gc, spec = string.match(A[12], '^(%d*);(.*)$')
+if not A[15] then return 1 end
+local gc, spec = string.match(A[15], '^(%d*);(.*)$')
 local B = string.sub(p, 1, -3)
 if gc ~= '0' then
   redis.call('PEXPIRE', p, gc)
@@ -497,9 +451,9 @@ if spec ~= '' then
   -- script stays one atomic step however many calls it makes.
   if nm > 0 then
     local last = redis.call('LINDEX', history, -1)
-    local sorted = not last or struct.unpack('>I4', last) < struct.unpack('>I4', A[13])
+    local sorted = not last or struct.unpack('>I4', last) < struct.unpack('>I4', A[16])
     for i = 1, nm - 1 do
-      if struct.unpack('>I4', A[12 + i]) >= struct.unpack('>I4', A[13 + i]) then
+      if struct.unpack('>I4', A[15 + i]) >= struct.unpack('>I4', A[16 + i]) then
         sorted = false
       end
     end
@@ -508,7 +462,7 @@ if spec ~= '' then
       items = redis.call('LRANGE', history, 0, -1)
       redis.call('DEL', history)
     end
-    for i = 0, nm - 1 do items[#items + 1] = A[13 + i] end
+    for i = 0, nm - 1 do items[#items + 1] = A[16 + i] end
     if not sorted then
       for i = 1, #items do items[i] = {struct.unpack('>I4', items[i]), i, items[i]} end
       table.sort(items, function(x, y)
@@ -524,7 +478,7 @@ if spec ~= '' then
   for first = 0, ns - 1, 250 do
     local z = {}
     for i = first, math.min(ns, first + 250) - 1 do
-      z[#z + 1] = A[13 + nm + 2 * i]; z[#z + 1] = A[13 + nm + 2 * i + 1]
+      z[#z + 1] = A[16 + nm + 2 * i]; z[#z + 1] = A[16 + nm + 2 * i + 1]
     end
     redis.call('ZADD', summaries, unpack(z))
   end
@@ -555,8 +509,7 @@ end
 local current = cur == id
 local row = KEYS[2] .. id
 if current then row = KEYS[1] end
-local f = redis.call('HMGET', row, 'b', 'ag', 'nm', 'nk', 'nd', 'cm', 'cd', 'k')
-if f[8] then f[3], f[5] = string.match(f[8], '""" + _CONTROL_SUMS + """') end
+local f = redis.call('HMGET', row, 'b', 'ag', 'nm', 'nk', 'nd', 'cm', 'cd')
 if ARGV[3] == 'quarantine' and f[1] ~= ARGV[7] then
   file_entry()  -- replaced meanwhile by another writer: keep that record
   return 0
@@ -601,8 +554,6 @@ return 0
 CLAIM_DUE = """
 local now, want, claimed = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local field, pos = ARGV[7], ARGV[8]
-local slot = nil  -- the due time's place among the control values (see CONTROL_FIELDS)
-if field == 'w' then slot = 7 elseif field == 'x' then slot = 8 end
 local budget = want + 1000
 local out, n = {}, 0
 repeat
@@ -613,37 +564,25 @@ repeat
     local id = string.match(member, '([^ ]+)$')
     local key = string.sub(member, 1, #member - #id - 1)
     local row = ARGV[4] .. key .. ARGV[6]
-    local r = redis.call('HMGET', row, 'id', field, 'k')
+    local r = redis.call('HMGET', row, 'id', field)
     if r[1] ~= id then
       row = ARGV[4] .. key .. ARGV[5] .. id
-      r = redis.call('HMGET', row, 'v', field, 'k')
-    end
-    local control = nil  -- the row's control values (layout 8), when this kind is one of them
-    if r[3] and slot then
-      control = {string.match(r[3], '""" + _CONTROL + """')}
-      r[2] = control[slot]
+      r = redis.call('HMGET', row, 'v', field)
     end
     local due = r[2] or ''
-    local at = nil  -- the entry's new position
-    if not (r[1] or r[3]) then
+    if not r[1] then
       redis.call('ZREM', KEYS[1], member)  -- the session is gone
     elseif due == '' then
       redis.call('ZREM', KEYS[1], member)
-      at = ''
+      redis.call('HSET', row, pos, '')
     elseif tonumber(due) > now then
       redis.call('ZADD', KEYS[1], due, member)
-      at = due
+      redis.call('HSET', row, pos, due)
     else
       redis.call('ZADD', KEYS[1], ARGV[3], member)
-      at = ARGV[3]
+      redis.call('HSET', row, pos, ARGV[3])
       out[#out + 1] = member; out[#out + 1] = due
       n = n + 1
-    end
-    if at and control then
-      control[slot - 5] = at  -- the position sits five places before the time
-      redis.call('HSET', row, 'k', table.concat(control, ','))
-    elseif at then
-      redis.call('HSET', row, pos, at)
     end
   end
 until #items == 0 or n >= want or budget <= 0 or claimed <= now
@@ -681,8 +620,8 @@ local flow, step, kp = ARGV[12], ARGV[13], ARGV[14]
 local low, high = tonumber(ARGV[16]), tonumber(ARGV[17])
 local cs, cm = tonumber(ARGV[18]), ARGV[19]
 local out, agg = {}, {}
-local fields = {'st', 'fl', 'sp', 'la', 'k'}
-if mode ~= 'list' then fields = {'st', 'fl', 'sp', 'la', 'k', 'ag', 'nm', 'nk', 'nd'} end
+local fields = {'st', 'fl', 'sp', 'la'}
+if mode ~= 'list' then fields = {'st', 'fl', 'sp', 'la', 'ag', 'nm', 'nk', 'nd'} end
 local found, examined, offset = 0, 0, 0
 local last_score, last_member = min, after
 local group = nil
@@ -715,10 +654,6 @@ while state == '1' do
         if f[1] ~= id then
           f = redis.call('HMGET', ARGV[7] .. key .. ARGV[8] .. id, 'id', unpack(fields))
         end
-        if f[6] then  -- layout 8: la, nm and nd are control values (see CONTROL_FIELDS)
-          local c = {string.match(f[6], '""" + _CONTROL + """')}
-          f[5], f[8], f[10] = c[6], c[9], c[10]
-        end
         local la = tonumber(f[5])
         if not la then ok = false
         elseif status ~= '' and f[2] ~= status then ok = false
@@ -732,11 +667,11 @@ while state == '1' do
           if mode == 'list' then
             out[#out + 1] = member; out[#out + 1] = f[5]
           else
-            local a = cjson.decode(f[7])
+            local a = cjson.decode(f[6])
             for j = 1, #a, 2 do agg[a[j]] = (agg[a[j]] or 0) + a[j + 1] end
-            agg['m'] = (agg['m'] or 0) + (tonumber(f[8]) or 0)
-            agg['k'] = (agg['k'] or 0) + (tonumber(f[9]) or 0)
-            agg['d'] = (agg['d'] or 0) + (tonumber(f[10]) or 0)
+            agg['m'] = (agg['m'] or 0) + (tonumber(f[7]) or 0)
+            agg['k'] = (agg['k'] or 0) + (tonumber(f[8]) or 0)
+            agg['d'] = (agg['d'] or 0) + (tonumber(f[9]) or 0)
           end
         end
       end
@@ -778,27 +713,17 @@ for _, member in ipairs(redis.call('SPOP', KEYS[1], ARGV[4])) do
   local id = string.match(member, '([^ ]+)$')
   local key = string.sub(member, 1, #member - #id - 1)
   local row = ARGV[1] .. key .. ARGV[3]
-  local r = redis.call('HMGET', row, 'id', 'cm', 'cd', 'nm', 'nd', 'lg', 'k')
+  local r = redis.call('HMGET', row, 'id', 'cm', 'cd', 'nm', 'nd', 'lg')
   if r[1] ~= id then
     row = ARGV[1] .. key .. ARGV[2] .. id
-    r = redis.call('HMGET', row, 'v', 'cm', 'cd', 'nm', 'nd', 'lg', 'k')
+    r = redis.call('HMGET', row, 'v', 'cm', 'cd', 'nm', 'nd', 'lg')
   end
-  local control = nil
-  if r[7] then
-    control = {string.match(r[7], '""" + _CONTROL + """')}
-    r[4], r[5], r[6] = control[9], control[10], control[1]
-  end
-  if (r[1] or r[7]) and r[2] then
+  if r[1] and r[2] then
     dm = dm + (tonumber(r[4]) or 0) - (tonumber(r[2]) or 0)
     dd = dd + (tonumber(r[5]) or 0) - (tonumber(r[3]) or 0)
     redis.call('HDEL', row, 'cm', 'cd')
     if r[6] and string.byte(r[6], -1) == 42 then  -- '*': filed; the next change files it again
-      if control then
-        control[1] = string.sub(r[6], 1, -2)
-        redis.call('HSET', row, 'k', table.concat(control, ','))
-      else
-        redis.call('HSET', row, 'lg', string.sub(r[6], 1, -2))
-      end
+      redis.call('HSET', row, 'lg', string.sub(r[6], 1, -2))
     end
   end
 end
