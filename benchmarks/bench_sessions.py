@@ -126,6 +126,9 @@ async def measure(
     report: Report, plan: Plan, group: str, system: str, factory: SystemFactory,
     workload: Workload, probe: Probe | None = None,
 ) -> Result:
+    # Every configuration starts from a collected heap, whatever ran before it in this
+    # process: otherwise the garbage of earlier groups lands in a later system's time.
+    gc.collect()
     async with factory(workload) as cycle:
         if probe is not None:
             await probe.start()
