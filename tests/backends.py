@@ -213,3 +213,15 @@ def postgres_store() -> AbstractAsyncContextManager[Store]:
             await drop_postgres_schema(schema)
 
     return factory()
+
+
+@contextlib.asynccontextmanager
+async def redis_on_fake_clock(name: str) -> AsyncIterator[Store]:
+    """The `name` Redis backend ("redis" or "redis_cluster") on a clock the test moves."""
+    from chatstate.clock import FakeClock
+    from chatstate.stores.redis import RedisStore
+
+    async with BACKENDS[name]() as opened:
+        assert isinstance(opened, RedisStore)
+        opened.clock = FakeClock()
+        yield opened

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from backends import BACKENDS, IN_CI
+from backends import (
+    BACKENDS,
+    IN_CI,
+    drop_postgres_schema,
+    redis_on_fake_clock,
+    require_postgres,
+)
 from chatstate.stores.base import Store
 
 
@@ -37,6 +44,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 async def store(store_name: str) -> AsyncIterator[Store]:
     """A fresh, empty, opened store of the backend `store_name` (see tests/backends.py)."""
     async with BACKENDS[store_name]() as opened:
+        yield opened
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    """A PostgreSQL schema name of the test's own, dropped afterwards."""
+    require_postgres()
+    name = f"cs_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    await drop_postgres_schema(name)
+
+
+@pytest.fixture(params=["redis", "redis_cluster"])
+async def redis_store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """A RedisStore, standalone and on the test Cluster, on a clock the test moves."""
+    async with redis_on_fake_clock(request.param) as opened:
         yield opened
 
 

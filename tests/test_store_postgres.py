@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from backends import POSTGRES_URL, drop_postgres_schema, require_postgres
+from backends import POSTGRES_URL, require_postgres
 from chatstate.clock import FakeClock
 from chatstate.errors import (
     ConfigurationError,
@@ -34,6 +34,7 @@ from chatstate.stores.postgres import (
     _init_connection,
     upgrade,
 )
+from relay import Side, TcpRelay
 
 pytestmark = pytest.mark.postgres
 
@@ -45,14 +46,6 @@ def store_url(schema: str, port: int | None = None, **options: Any) -> str:
         netloc = f"{parts.username or 'postgres'}@127.0.0.1:{port}"
     query = "&".join([f"schema={schema}", *(f"{k}={v}" for k, v in options.items())])
     return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    require_postgres()
-    name = f"cs_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    await drop_postgres_schema(name)
 
 
 @pytest.fixture
@@ -86,48 +79,19 @@ async def one_update(store: PostgresStore, key: str, owner: str = "worker") -> S
 # -- round trips ------------------------------------------------------------------------------
 
 
-class CountingProxy:
+class CountingProxy(TcpRelay):
     """A TCP relay to PostgreSQL that counts round trips: each time the client speaks after
-    the server did (or first), that is one client turn, however many packets it takes."""
+    the server did (or first) on one connection, that is one client turn, however many
+    packets it takes."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.host, self.port_to = host, port
+        super().__init__(host, port)
         self.turns = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def __aenter__(self) -> CountingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.host, self.port_to)
-        last = ["server"]
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, side: str) -> None:
-            try:
-                while data := await src.read(65536):
-                    if side == "client" and last[0] != "client":
-                        self.turns += 1
-                    last[0] = side
-                    dst.write(data)
-                    await dst.drain()
-            finally:
-                dst.close()
-
-        tasks = [asyncio.ensure_future(pump(reader, up_writer, "client")),
-                 asyncio.ensure_future(pump(up_reader, writer, "server"))]
-        self._tasks.update(tasks)
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def on_data(self, side: Side, data: bytes, link: dict[str, Any]) -> None:
+        if side == "client" and link.get("last") != "client":
+            self.turns += 1
+        link["last"] = side
 
 
 async def test_an_update_costs_two_round_trips(schema: str) -> None:

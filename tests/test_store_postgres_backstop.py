@@ -7,30 +7,26 @@ server."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from backends import POSTGRES_URL, drop_postgres_schema, require_postgres
+from backends import POSTGRES_URL
 from chatstate.errors import StoreUnavailable
 from chatstate.stores.postgres import PostgresStore
+from relay import Side, TcpRelay
 
 pytestmark = pytest.mark.postgres
 
 
-class MutingRelay:
+class MutingRelay(TcpRelay):
     """Relays TCP to PostgreSQL; while muted, the server's bytes are held back."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.host, self.port_to = host, port
-        self.port = 0
+        super().__init__(host, port)
         self._speaking = asyncio.Event()
         self._speaking.set()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     def mute(self) -> None:
         self._speaking.clear()
@@ -38,48 +34,9 @@ class MutingRelay:
     def unmute(self) -> None:
         self._speaking.set()
 
-    async def __aenter__(self) -> MutingRelay:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.host, self.port_to)
-        for task in (
-            asyncio.create_task(self._pipe(reader, up_writer, from_server=False)),
-            asyncio.create_task(self._pipe(up_reader, writer, from_server=True)),
-        ):
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_server: bool
-    ) -> None:
-        try:
-            while data := await reader.read(65536):
-                if from_server:
-                    await self._speaking.wait()
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    require_postgres()
-    name = f"cs_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    await drop_postgres_schema(name)
+    async def on_data(self, side: Side, data: bytes, link: dict[str, Any]) -> None:
+        if side == "server":
+            await self._speaking.wait()
 
 
 def _url_through(relay: MutingRelay, schema: str, **options: Any) -> str:

@@ -12,12 +12,8 @@ redis_scripts.COMMIT and LEASE_AND_LOAD), keeps the protocol's meaning:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from backends import BACKENDS
-from chatstate.clock import FakeClock
 from chatstate.errors import LeaseLost
 from chatstate.model import SessionRecord, new_record
 from chatstate.stores.base import Lease
@@ -26,12 +22,9 @@ from chatstate.stores.redis import POINTER_BACKSTOP, RedisStore, _us
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(params=["redis", "redis_cluster"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisStore]:
-    async with BACKENDS[request.param]() as opened:
-        assert isinstance(opened, RedisStore)
-        opened.clock = FakeClock()
-        yield opened
+@pytest.fixture
+def store(redis_store: RedisStore) -> RedisStore:
+    return redis_store  # (conftest: standalone and Cluster, on a fake clock)
 
 
 async def _expire_position(store: RedisStore, record: SessionRecord) -> float | None:

@@ -6,12 +6,8 @@ is respected.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from backends import BACKENDS
-from chatstate.clock import FakeClock
 from chatstate.errors import LeaseLost
 from chatstate.model import new_record
 from chatstate.stores.redis import RedisStore, _us
@@ -19,12 +15,9 @@ from chatstate.stores.redis import RedisStore, _us
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(params=["redis", "redis_cluster"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisStore]:
-    async with BACKENDS[request.param]() as opened:
-        assert isinstance(opened, RedisStore)
-        opened.clock = FakeClock()
-        yield opened
+@pytest.fixture
+def store(redis_store: RedisStore) -> RedisStore:
+    return redis_store  # (conftest: standalone and Cluster, on a fake clock)
 
 
 def _pointer(store: RedisStore, key: str) -> str:
