@@ -794,10 +794,7 @@ class PostgresStore(Store):
                     delay *= 4
                     continue
             assert pool is not None
-            busy = self._busy
-            busy[conn] = time.monotonic() + self.command_timeout + _CLIENT_TIMEOUT_MARGIN
-            if self._watchdog is None:
-                self._arm_watchdog()
+            self._watch_over(conn, self._backstop)
             try:
                 return await fn(conn)
             except pgerr.PostgresError as exc:
@@ -818,7 +815,7 @@ class PostgresStore(Store):
                     raise self._unavailable(exc) from exc
                 log.debug("postgres %s failed (%s), retrying", op, exc)
             finally:
-                busy.pop(conn, None)
+                self._busy.pop(conn, None)
                 pool.release(conn)
             await asyncio.sleep(delay)
             delay *= 4
