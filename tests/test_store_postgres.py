@@ -49,6 +49,17 @@ def store_url(schema: str, port: int | None = None, **options: Any) -> str:
 
 
 @pytest.fixture
+async def store(schema: str) -> AsyncIterator[PostgresStore]:
+    """An opened PostgresStore on the test's own schema."""
+    opened = PostgresStore.from_url(store_url(schema))
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
 async def admin() -> AsyncIterator[asyncpg.Connection]:
     """A plain connection for inspecting and sabotaging the server."""
     require_postgres()
@@ -494,33 +505,28 @@ async def test_an_expired_and_taken_lease_cannot_overwrite_newer_data(schema: st
         await store.close()
 
 
-async def test_a_lost_commit_answer_is_safe_to_retry(schema: str) -> None:
-    store = PostgresStore.from_url(store_url(schema))
-    await store.open()
-    try:
-        record = await one_update(store, "telegram:user:1")
-        record.data["n"] = 2
-        record.version = 2
-        message = Message(role="user", content="once", seq=2)
-        # One commit() call sends the same arguments (with one mark) on every attempt: a second
-        # attempt after an answer lost in transit finds its own commit and doubles nothing.
-        args = store.commit_arguments(record, 1, history=HistoryChanges(append=[message]))
-        for _attempt in range(2):
-            row = await store._read("commit", lambda c: c.fetchrow(store._sql["commit"], *args))
-            assert row["outcome"] == 0
-        assert await store.count_messages(record.ref) == 2
-        # Another call with byte-identical contents is another writer's commit: a conflict
-        # (taking it for its own would lose one of two identical increments).
-        with pytest.raises(ConflictError):
-            await store.commit(record, expected=1, history=HistoryChanges(append=[message]))
-        assert await store.count_messages(record.ref) == 2
-        other = new_record(record.key)
-        other.id = record.id
-        other.version = 2
-        with pytest.raises(ConflictError):  # a different record at that version is a conflict
-            await store.commit(other, expected=1)
-    finally:
-        await store.close()
+async def test_a_lost_commit_answer_is_safe_to_retry(store: PostgresStore) -> None:
+    record = await one_update(store, "telegram:user:1")
+    record.data["n"] = 2
+    record.version = 2
+    message = Message(role="user", content="once", seq=2)
+    # One commit() call sends the same arguments (with one mark) on every attempt: a second
+    # attempt after an answer lost in transit finds its own commit and doubles nothing.
+    args = store.commit_arguments(record, 1, history=HistoryChanges(append=[message]))
+    for _attempt in range(2):
+        row = await store._read("commit", lambda c: c.fetchrow(store._sql["commit"], *args))
+        assert row["outcome"] == 0
+    assert await store.count_messages(record.ref) == 2
+    # Another call with byte-identical contents is another writer's commit: a conflict
+    # (taking it for its own would lose one of two identical increments).
+    with pytest.raises(ConflictError):
+        await store.commit(record, expected=1, history=HistoryChanges(append=[message]))
+    assert await store.count_messages(record.ref) == 2
+    other = new_record(record.key)
+    other.id = record.id
+    other.version = 2
+    with pytest.raises(ConflictError):  # a different record at that version is a conflict
+        await store.commit(other, expected=1)
 
 
 async def test_concurrent_claimers_split_the_due_sessions(schema: str) -> None:
@@ -606,23 +612,18 @@ async def test_commits_are_hot_updates_that_touch_no_index(
 # -- search, options --------------------------------------------------------------------------
 
 
-async def test_full_text_search_finds_words_and_prefixes(schema: str) -> None:
-    store = PostgresStore.from_url(store_url(schema))
-    await store.open()
-    try:
-        record = new_record("web:user:1", now=1.0)
-        record.version = 1
-        texts = ["Where is my order?", "Your ORDER ships tomorrow", "thanks!", "order again"]
-        messages = [Message(role="user", content=t, seq=i + 1) for i, t in enumerate(texts)]
-        await store.commit(record, expected=0, history=HistoryChanges(append=messages))
-        ref = record.ref
-        assert [m.seq for m in await store.search_messages(ref, "order")] == [4, 2, 1]
-        assert [m.seq for m in await store.search_messages(ref, "ORD ship")] == [2]
-        assert [m.seq for m in await store.search_messages(ref, "order", limit=1)] == [4]
-        assert await store.search_messages(ref, "nothing") == []
-        assert [m.seq for m in await store.search_messages(ref, "it's 'order'")] == []
-    finally:
-        await store.close()
+async def test_full_text_search_finds_words_and_prefixes(store: PostgresStore) -> None:
+    record = new_record("web:user:1", now=1.0)
+    record.version = 1
+    texts = ["Where is my order?", "Your ORDER ships tomorrow", "thanks!", "order again"]
+    messages = [Message(role="user", content=t, seq=i + 1) for i, t in enumerate(texts)]
+    await store.commit(record, expected=0, history=HistoryChanges(append=messages))
+    ref = record.ref
+    assert [m.seq for m in await store.search_messages(ref, "order")] == [4, 2, 1]
+    assert [m.seq for m in await store.search_messages(ref, "ORD ship")] == [2]
+    assert [m.seq for m in await store.search_messages(ref, "order", limit=1)] == [4]
+    assert await store.search_messages(ref, "nothing") == []
+    assert [m.seq for m in await store.search_messages(ref, "it's 'order'")] == []
 
 
 def test_url_options_are_parsed_and_checked() -> None:
@@ -651,38 +652,33 @@ def test_url_options_are_parsed_and_checked() -> None:
         PostgresStore.from_url("postgresql://h/db", poolsize=3)
 
 
-async def test_the_maintained_message_count_follows_appends_and_drops(schema: str) -> None:
-    store = PostgresStore.from_url(store_url(schema))
-    await store.open()
-    try:
-        record = new_record("web:user:1", now=1.0)
-        record.version = 1
-        first = [Message(role="user", content=f"m{i}", seq=i) for i in range(1, 6)]
-        await store.commit(record, expected=0, history=HistoryChanges(append=first))
-        assert await store.count_messages(record.ref) == 5
-        record.version = 2
-        later = [Message(role="user", content=f"m{i}", seq=i) for i in range(6, 8)]
-        await store.commit(record, expected=1, history=HistoryChanges(
-            append=later, drop_messages_through=3))
-        assert await store.count_messages(record.ref) == 4
-        assert [m.seq for m in await store.read_tail(record.ref, 10)] == [4, 5, 6, 7]
-        assert [m.seq for m in await store.read_tail(record.ref, 2, before_seq=7)] == [5, 6]
-        # A new session for the key keeps the old one (and its history) retrievable by id.
-        successor = new_record("web:user:1", now=2.0)
-        successor.version = 3
-        await store.commit(successor, expected=2)
-        assert await store.count_messages(successor.ref) == 0
-        assert await store.count_messages(record.ref) == 4
-        old = await store.load_by_id(record.id)
-        assert old is not None and old.version == 2
-        assert (await store.count()).total == 2
-        assert await store.delete(record.key, record.id) is True
-        assert await store.count_messages(record.ref) == 0
-        assert await store.read_tail(record.ref, 10) == []
-        current = await store.load(record.key)
-        assert current is not None and current.id == successor.id
-    finally:
-        await store.close()
+async def test_the_maintained_message_count_follows_appends_and_drops(store: PostgresStore) -> None:
+    record = new_record("web:user:1", now=1.0)
+    record.version = 1
+    first = [Message(role="user", content=f"m{i}", seq=i) for i in range(1, 6)]
+    await store.commit(record, expected=0, history=HistoryChanges(append=first))
+    assert await store.count_messages(record.ref) == 5
+    record.version = 2
+    later = [Message(role="user", content=f"m{i}", seq=i) for i in range(6, 8)]
+    await store.commit(record, expected=1, history=HistoryChanges(
+        append=later, drop_messages_through=3))
+    assert await store.count_messages(record.ref) == 4
+    assert [m.seq for m in await store.read_tail(record.ref, 10)] == [4, 5, 6, 7]
+    assert [m.seq for m in await store.read_tail(record.ref, 2, before_seq=7)] == [5, 6]
+    # A new session for the key keeps the old one (and its history) retrievable by id.
+    successor = new_record("web:user:1", now=2.0)
+    successor.version = 3
+    await store.commit(successor, expected=2)
+    assert await store.count_messages(successor.ref) == 0
+    assert await store.count_messages(record.ref) == 4
+    old = await store.load_by_id(record.id)
+    assert old is not None and old.version == 2
+    assert (await store.count()).total == 2
+    assert await store.delete(record.key, record.id) is True
+    assert await store.count_messages(record.ref) == 0
+    assert await store.read_tail(record.ref, 10) == []
+    current = await store.load(record.key)
+    assert current is not None and current.id == successor.id
 
 
 async def test_an_unreadable_record_is_quarantined_and_the_key_freed(schema: str) -> None:
@@ -865,82 +861,69 @@ async def test_a_lease_never_waits_for_a_commit_nor_reads_behind_it(
         await store.close()
 
 
-async def test_a_lease_released_by_its_commit_is_spent(schema: str) -> None:
-    store = PostgresStore.from_url(store_url(schema))
-    await store.open()
-    try:
-        key = "telegram:user:1"
-        await one_update(store, key)
-        lease, record = await store.lease_and_load(key, "a", 30.0)
-        assert lease is not None and record is not None
-        record.version += 1
-        await store.commit(record, expected=record.version - 1, lease=lease, release=True)
-        assert await store.renew(lease, 30.0) is None  # released: nothing to renew
-        record.version += 1
-        with pytest.raises(LeaseLost):  # nor to commit with
-            await store.commit(record, expected=record.version - 1, lease=lease)
-        record.version -= 1
-        other, loaded = await store.lease_and_load(key, "b", 30.0)
-        assert other is not None and loaded == record
-        assert await store.lease_and_load(key, "a", 30.0) == (None, None)
-    finally:
-        await store.close()
+async def test_a_lease_released_by_its_commit_is_spent(store: PostgresStore) -> None:
+    key = "telegram:user:1"
+    await one_update(store, key)
+    lease, record = await store.lease_and_load(key, "a", 30.0)
+    assert lease is not None and record is not None
+    record.version += 1
+    await store.commit(record, expected=record.version - 1, lease=lease, release=True)
+    assert await store.renew(lease, 30.0) is None  # released: nothing to renew
+    record.version += 1
+    with pytest.raises(LeaseLost):  # nor to commit with
+        await store.commit(record, expected=record.version - 1, lease=lease)
+    record.version -= 1
+    other, loaded = await store.lease_and_load(key, "b", 30.0)
+    assert other is not None and loaded == record
+    assert await store.lease_and_load(key, "a", 30.0) == (None, None)
 
 
-async def test_a_usual_commit_retried_after_a_lost_answer_applies_once(schema: str) -> None:
-    store = PostgresStore.from_url(store_url(schema))
-    await store.open()
-    try:
-        record = await one_update(store, "telegram:user:1")
-        lease, record_loaded = await store.lease_and_load(record.key, "worker", 30.0)
-        assert lease is not None and record_loaded is not None
-        record = record_loaded
-        record.data["n"] = 2
-        record.version = 2
-        message = Message(role="user", content="once", seq=2)
-        args = store.commit_arguments(
-            record, 1, lease, release=True, history=HistoryChanges(append=[message]))
-        # As commit() does on each attempt: the usual statement, then the general path when
-        # it wrote nothing. The second attempt's usual statement finds the version moved on,
-        # and the general path recognises the commit as its own.
-        applied = []
-        name, fast_args = _fast_arguments(args)
-        assert name == "commit_fast_history"
-        for _attempt in range(2):
-            async def attempt(conn: Any) -> Any:
-                if await conn.fetchval(store._sql[name], *fast_args):
-                    applied.append(True)
-                    return None
-                return await conn.fetchrow(store._sql["commit"], *args)
+async def test_a_usual_commit_retried_after_a_lost_answer_applies_once(
+    store: PostgresStore,
+) -> None:
+    record = await one_update(store, "telegram:user:1")
+    lease, record_loaded = await store.lease_and_load(record.key, "worker", 30.0)
+    assert lease is not None and record_loaded is not None
+    record = record_loaded
+    record.data["n"] = 2
+    record.version = 2
+    message = Message(role="user", content="once", seq=2)
+    args = store.commit_arguments(
+        record, 1, lease, release=True, history=HistoryChanges(append=[message]))
+    # As commit() does on each attempt: the usual statement, then the general path when
+    # it wrote nothing. The second attempt's usual statement finds the version moved on,
+    # and the general path recognises the commit as its own.
+    applied = []
+    name, fast_args = _fast_arguments(args)
+    assert name == "commit_fast_history"
+    for _attempt in range(2):
+        async def attempt(conn: Any) -> Any:
+            if await conn.fetchval(store._sql[name], *fast_args):
+                applied.append(True)
+                return None
+            return await conn.fetchrow(store._sql["commit"], *args)
 
-            row = await store._read("commit", attempt)
-            assert row is None or row["outcome"] == 0
-        assert applied == [True]
-        assert await store.count_messages(record.ref) == 2
-        assert [m.content for m in await store.read_tail(record.ref, 10)] == [
-            "message 1", "once"]
-    finally:
-        await store.close()
+        row = await store._read("commit", attempt)
+        assert row is None or row["outcome"] == 0
+    assert applied == [True]
+    assert await store.count_messages(record.ref) == 2
+    assert [m.content for m in await store.read_tail(record.ref, 10)] == [
+        "message 1", "once"]
 
 
 async def test_deleting_or_quarantining_a_session_frees_its_released_lease(
-    schema: str, admin: Any
+    schema: str, store: PostgresStore, admin: Any
 ) -> None:
-    store = PostgresStore.from_url(store_url(schema))
-    await store.open()
-    try:
-        leases = f'SELECT token, expires_at FROM "{schema}".leases WHERE key = $1'
-        await one_update(store, "telegram:user:1")
-        assert await store.delete("telegram:user:1")
-        assert await admin.fetch(leases, "telegram:user:1") == []
+    leases = f'SELECT token, expires_at FROM "{schema}".leases WHERE key = $1'
+    await one_update(store, "telegram:user:1")
+    assert await store.delete("telegram:user:1")
+    assert await admin.fetch(leases, "telegram:user:1") == []
 
-        key = "telegram:user:2"
-        await one_update(store, key)
-        raw = await admin.fetchval(
-            f'SELECT record::text FROM "{schema}".sessions WHERE key = $1', key)
-        await store.quarantine(key, raw.encode(), "test")
-        assert await store.load(key) is None
-        other, record = await store.lease_and_load(key, "someone else", 30.0)
-        assert other is not None and record is None
-    finally:
-        await store.close()
+    key = "telegram:user:2"
+    await one_update(store, key)
+    raw = await admin.fetchval(
+        f'SELECT record::text FROM "{schema}".sessions WHERE key = $1', key)
+    await store.quarantine(key, raw.encode(), "test")
+    assert await store.load(key) is None
+    other, record = await store.lease_and_load(key, "someone else", 30.0)
+    assert other is not None and record is None
