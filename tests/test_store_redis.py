@@ -140,6 +140,8 @@ async def test_server_sees_two_script_calls_per_update(own_server: RedisServer) 
     calls.pop("config|resetstat", None)
     assert calls["evalsha"] == 10
     assert "eval" not in calls and "script|load" not in calls and "get" not in calls
+    # The record is read by a plain HGET sent behind the lease script (not inside it).
+    assert calls.pop("hget") == 5
     # Inside the scripts, per update: one read and one write of the pointer for the lease and
     # again for the commit, the message is appended to the history list after a look at its
     # last entry (seqs must keep growing along the list). The message and duration sums wait
@@ -789,7 +791,9 @@ async def test_hung_server_gives_unavailable_in_bounded_time_then_recovers(
 
 
 async def test_scripts_reload_after_script_flush(own_server: RedisServer) -> None:
-    store = RedisStore.from_url(own_server.url + "?prefix=noscript")
+    # One connection: a reply left unread after the lost script (the record's read that
+    # travels behind the lease script) would be taken for the next request's answer.
+    store = RedisStore.from_url(own_server.url + "?prefix=noscript&max_connections=1")
     await store.open()
     try:
         await _update(store, "web:user:n", "w")
@@ -797,8 +801,46 @@ async def test_scripts_reload_after_script_flush(own_server: RedisServer) -> Non
         record = await _update(store, "web:user:n", "w")
         assert record.version == 2
         assert (await store.claim_due("expire", 0.0, 10)) == []
+        own_server.cli("script", "flush")
+        lease, loaded = await store.lease_and_load("web:user:n", "w", 30.0)
+        assert lease is not None and loaded == record
+        assert await store.load("web:user:n") == record
     finally:
         await store.close()
+
+
+async def test_a_lease_refused_by_the_server_leaves_no_reply_unread(
+    own_server: RedisServer,
+) -> None:
+    # The lease script fails (out of memory: it writes) while the read behind it succeeds; on
+    # the store's one connection, that read's reply must not answer the next request.
+    store = RedisStore.from_url(own_server.url + "?prefix=oom&max_connections=1&retries=0")
+    await store.open()
+    try:
+        record = await _update(store, "web:user:o", "w")
+        own_server.cli("config", "set", "maxmemory", "1")
+        try:
+            with pytest.raises(Exception, match="maxmemory"):
+                await store.lease_and_load("web:user:o", "w", 30.0)
+        finally:
+            own_server.cli("config", "set", "maxmemory", "0")
+        assert await store.load("web:user:o") == record
+        assert (await _update(store, "web:user:o", "w")).version == 2
+    finally:
+        await store.close()
+
+
+async def test_cluster_scripts_reload_after_script_flush() -> None:
+    require_redis_binaries()
+    async with BACKENDS["redis_cluster"]() as store:
+        assert isinstance(store, RedisStore) and store.cluster
+        await _update(store, "web:user:n", "w")
+        await store._client.script_flush()  # on every primary
+        record = await _update(store, "web:user:n", "w")
+        assert record.version == 2
+        await store._client.script_flush()
+        lease, loaded = await store.lease_and_load("web:user:n", "w", 30.0)
+        assert lease is not None and loaded == record
 
 
 async def test_open_fails_fast_when_nothing_listens() -> None:

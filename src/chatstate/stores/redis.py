@@ -10,8 +10,9 @@ Query options: ``prefix`` (or ``namespace``), ``max_connections`` (or ``pool_siz
 ``socket_timeout`` (or ``timeout``), ``connect_timeout``, ``retries``, ``buckets`` (Cluster only),
 ``gc_margin`` (seconds), ``format`` (``json`` or ``msgpack``).
 
-Cost of an update: `lease_and_load` is one script call and `commit(..., release=True)` is one
-script call, so a serialised update costs two round trips. On standalone Redis the scripts run
+Cost of an update: `lease_and_load` is one script call with a plain read of the record behind
+it in the same write, and `commit(..., release=True)` is one script call, so a serialised update
+costs two round trips. On standalone Redis the scripts run
 on the store's own lean connection pool (see `_LeanPool`, `RedisStore._evalsha`): redis-py's
 client layer cost more client time per update than the requests themselves.
 
@@ -42,7 +43,8 @@ Data layout, version 7 (P = prefix, B = the session base, K = canonical session 
     I:layout      string  the layout version ("7")
 
 The current session lives in the pointer hash itself, so an update touches one session key:
-`lease_and_load` is one HMGET and one HSET of B:r, and a commit one HMGET and one HSET of B:r
+`lease_and_load` is one HMGET and one HSET of B:r in its script and an HGET of the record
+outside it, and a commit one HMGET and one HSET of B:r
 plus only the index entries that must change (compared with the row's previous lg, wi, xi, pi
 and mt fields, read by that same HMGET). The message and duration sums change with every
 message, so the aggregates take them lazily: a commit files its row in I:dirty once (keeping the
@@ -600,6 +602,60 @@ class RedisStore(Store):
             return await self._run(lambda: script(keys=keys, args=args), retry=retry)
         return await self._run(lambda: self._evalsha(script, keys, args), retry=retry)
 
+    async def _script_then(
+        self, name: str, keys: list[str], args: list[Any], command: tuple[Any, ...]
+    ) -> tuple[Any, Any]:
+        """Run script `name` and a plain `command` right behind it, in one round trip; return
+        both answers. Retried like a script call, so `command` must be a read."""
+        await self._ensure()
+        script = self._scripts[name]
+        if self.cluster:  # both name keys of one slot: one node, one round trip
+            async def on_cluster() -> tuple[Any, Any]:
+                pipe = self._client.pipeline(transaction=False)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                pipe.execute_command(*command)
+                try:
+                    first, second = await pipe.execute()
+                except rexc.NoScriptError:
+                    return await self._script_once_loaded(script, keys, args, command)
+                return first, second
+            return await self._run(on_cluster, retry=True)
+        return await self._run(lambda: self._evalsha_then(script, keys, args, command),
+                               retry=True)
+
+    async def _evalsha_then(
+        self, script: Any, keys: list[str], args: list[Any], command: tuple[Any, ...]
+    ) -> tuple[Any, Any]:
+        """`_evalsha` followed by `command` in the same write; both replies are read."""
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()
+        lost = False
+        try:
+            await conn.send_packed_command(conn.pack_commands(
+                [("EVALSHA", script.sha, len(keys), *keys, *args), command]
+            ))
+            try:
+                first = await conn.read_response()
+            except rexc.NoScriptError:
+                lost = True
+            second = await conn.read_response()
+        except BaseException:
+            await conn.disconnect()  # a reply may be left unread
+            raise
+        finally:
+            await pool.release(conn)
+        if lost:
+            return await self._script_once_loaded(script, keys, args, command)
+        return first, second
+
+    async def _script_once_loaded(
+        self, script: Any, keys: list[str], args: list[Any], command: tuple[Any, ...]
+    ) -> tuple[Any, Any]:
+        """The server lost the script (SCRIPT FLUSH, a restart): redis-py's Script loads it
+        again; then `command` (two round trips, once)."""
+        first = await script(keys=keys, args=args)
+        return first, await self._client.execute_command(*command)
+
     async def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA on a pooled connection directly: redis-py's client layer (command dispatch,
         events, metrics, its own retry wrapper) cost more client time per update than the
@@ -1004,15 +1060,16 @@ class RedisStore(Store):
         base = self.layout.base(key)
         now = self.clock.now()
         expires = now + ttl
-        # Retrying is safe: a second try by the same owner takes the lease again (new token).
-        answer = await self._script(
-            "LEASE_AND_LOAD", [f"{base}:r"], [owner, _us(now), _us(expires)], retry=True,
+        pointer = f"{base}:r"
+        # One round trip: the script takes the lease and a plain HGET right behind it reads
+        # the record (see redis_scripts.LEASE_AND_LOAD). Retrying is safe: a second try by the
+        # same owner takes the lease again (new token).
+        answer, blob = await self._script_then(
+            "LEASE_AND_LOAD", [pointer], [owner, _us(now), _us(expires)], ("HGET", pointer, "b")
         )
         if isinstance(answer, list):
             return None, None  # busy: [0, the holder's expiry]
-        token, found, raw = answer.partition(b" ")
-        blob = raw if found else None  # the token alone: the key holds no session
-        lease = Lease(key=key, owner=owner, token=int(token), expires_at=expires)
+        lease = Lease(key=key, owner=owner, token=int(answer), expires_at=expires)
         try:
             return lease, self._decode(blob, key)
         except CorruptRecordError as exc:
