@@ -820,13 +820,65 @@ async def test_a_lease_refused_by_the_server_leaves_no_reply_unread(
         record = await _update(store, "web:user:o", "w")
         own_server.cli("config", "set", "maxmemory", "1")
         try:
-            with pytest.raises(Exception, match="maxmemory"):
+            with pytest.raises(StoreUnavailable, match=r"refused.*out of memory"):
                 await store.lease_and_load("web:user:o", "w", 30.0)
         finally:
             own_server.cli("config", "set", "maxmemory", "0")
         assert await store.load("web:user:o") == record
         assert (await _update(store, "web:user:o", "w")).version == 2
     finally:
+        await store.close()
+
+
+async def test_a_commit_refused_for_memory_is_unavailable_and_writes_nothing(
+    own_server: RedisServer,
+) -> None:
+    # An out-of-memory server refuses the commit script at its first write: the caller gets
+    # StoreUnavailable (which adapters answer in degraded mode), and the stored session, its
+    # history and the indexes stay as they were, so the same commit goes through later.
+    store = RedisStore.from_url(own_server.url + "?prefix=oom&retries=0")
+    await store.open()
+    try:
+        before = await _update(store, "web:user:o", "w")
+        lease, record = await store.lease_and_load("web:user:o", "w", 30.0)
+        assert lease is not None and record is not None
+        record.version = 2
+        record.data["n"] = 1
+        changes = HistoryChanges(append=[Message(role="user", content="x", seq=2, tokens=1)])
+        own_server.cli("config", "set", "maxmemory", "1")
+        try:
+            with pytest.raises(StoreUnavailable, match=r"refused.*out of memory"):
+                await store.commit(record, expected=1, lease=lease, release=True,
+                                   history=changes)
+            assert await store.load("web:user:o") == before
+            assert await store.count_messages(record.ref) == 1
+            assert (await store.count()).total == 1
+        finally:
+            own_server.cli("config", "set", "maxmemory", "0")
+        await store.commit(record, expected=1, lease=lease, release=True, history=changes)
+        assert (await store.load("web:user:o")).data == {"n": 1}  # type: ignore[union-attr]
+        assert await store.count_messages(record.ref) == 2
+    finally:
+        await store.close()
+
+
+async def test_a_server_busy_with_a_script_is_unavailable(own_server: RedisServer) -> None:
+    # A script that runs past busy-reply-threshold makes the server answer BUSY to everyone.
+    store = RedisStore.from_url(own_server.url + "?prefix=busy&retries=0")
+    await store.open()
+    blocker = aioredis.Redis.from_url(own_server.url)
+    try:
+        own_server.cli("config", "set", "busy-reply-threshold", "50")
+        spin = ("local t = tonumber(redis.call('TIME')[1]) + 2 "
+                "while tonumber(redis.call('TIME')[1]) < t do end")
+        busy = asyncio.ensure_future(blocker.eval(spin, 0))
+        await asyncio.sleep(0.3)
+        with pytest.raises(StoreUnavailable, match=r"refused.*BUSY"):
+            await store.load("web:user:b")
+        await busy
+        assert await store.load("web:user:b") is None
+    finally:
+        await blocker.aclose()
         await store.close()
 
 

@@ -76,6 +76,10 @@ so the same code runs under a FakeClock in tests. Native key expiry is only a ga
 backstop: a closed record's keys expire ``gc_margin`` after its ``purge_at`` (the lifecycle purges
 them through the due index first), and a pointer that holds only a lease (no session) expires a
 day after it was taken.
+
+Failures: a server that cannot be reached or does not answer in time, and one that refuses work
+(out of memory, a long-running script, failing snapshots), raise StoreUnavailable; nothing is
+half-written (see `_run`, `_refusal`).
 """
 
 from __future__ import annotations
@@ -160,6 +164,23 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
 )
+
+# Error replies of a server that is up but refuses work for now: out of memory (maxmemory),
+# a script running too long (BUSY), snapshots failing (MISCONF), too few replicas. A script is
+# refused at its first write (Redis lets a script without flags start, and refuses a denied
+# write only while the script has written nothing), so nothing was half-written: the store
+# reports StoreUnavailable as for a dead server, without retrying (the condition outlasts a
+# backoff, and retries would add to a loaded server's work).
+_REFUSAL_CODES = ("BUSY", "MISCONF", "NOREPLICAS")
+
+
+def _refusal(exc: rexc.ResponseError) -> str | None:
+    """What the server refused with, or None for any other error reply (a bug: raised as is)."""
+    if isinstance(exc, rexc.OutOfMemoryError):  # redis-py strips the OOM code from the text
+        return f"out of memory: {exc}"
+    text = str(exc)
+    return text if text.startswith(_REFUSAL_CODES) else None
+
 
 _FILTER_FIELDS = ("status", "platform", "scope", "flow", "step", "key_prefix")
 _ALL_FILTERS = (*_FILTER_FIELDS, "updated_since", "updated_before")
@@ -567,7 +588,8 @@ class RedisStore(Store):
     # -- fault handling ---------------------------------------------------------------------
 
     async def _run(self, call: Callable[[], Awaitable[T]], *, retry: bool) -> T:
-        """Run one request; connection faults become StoreUnavailable within a bounded time.
+        """Run one request; connection faults and refusals become StoreUnavailable within a
+        bounded time.
 
         `retry` is true only for requests whose repetition is harmless (reads, lease scripts,
         the commit script, which recognises its own earlier success). Each attempt (waiting for
@@ -590,6 +612,14 @@ class RedisStore(Store):
                     ) from exc
                 log.debug("Redis request failed (%s); retrying", exc)
                 await asyncio.sleep(min(1.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+            except rexc.ResponseError as exc:
+                refused = _refusal(exc)
+                if refused is None:
+                    raise
+                raise StoreUnavailable(
+                    f"Redis at {self._where()} refused the request ({refused}); nothing was "
+                    "written"
+                ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _where(self) -> str:
