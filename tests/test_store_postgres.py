@@ -262,6 +262,25 @@ async def test_an_unreachable_server_raises_store_unavailable(schema: str) -> No
     await store.close()
 
 
+async def test_a_server_out_of_connections_raises_store_unavailable(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    # SQLSTATE class 53 (insufficient resources: connections, memory, disk) is a server that
+    # refuses work for now, not a bug: the store says so with StoreUnavailable.
+    role = f"cs_full_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f"DROP ROLE IF EXISTS {role}")
+    await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    try:
+        parts = urlsplit(store_url(schema, connect_timeout=1))
+        netloc = f"{role}@{parts.hostname}:{parts.port or 5432}"
+        store = PostgresStore.from_url(urlunsplit(parts._replace(netloc=netloc)))
+        with pytest.raises(StoreUnavailable, match="too many connections"):
+            await store.open()
+        await store.close()
+    finally:
+        await admin.execute(f"DROP ROLE {role}")
+
+
 # -- migrations -------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ The protocol itself is checked by the conformance suite (tests/conformance) on "
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -49,6 +50,27 @@ def own_server() -> Iterator[RedisServer]:
     require_redis_binaries()
     with redis_server("--appendonly", "yes", "--appendfsync", "always") as server:
         yield server
+
+
+@contextlib.asynccontextmanager
+async def _opened(server: RedisServer, options: str) -> AsyncIterator[RedisStore]:
+    """A store on a test-owned server, with URL query `options`."""
+    store = RedisStore.from_url(server.url + options)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.contextmanager
+def _out_of_memory(server: RedisServer) -> Iterator[None]:
+    """The server refuses every write (maxmemory 1 byte) inside the block."""
+    server.cli("config", "set", "maxmemory", "1")
+    try:
+        yield
+    finally:
+        server.cli("config", "set", "maxmemory", "0")
 
 
 @pytest.fixture
@@ -770,9 +792,7 @@ async def test_server_killed_mid_stream_every_update_whole_or_unavailable(
 async def test_hung_server_gives_unavailable_in_bounded_time_then_recovers(
     own_server: RedisServer,
 ) -> None:
-    store = RedisStore.from_url(own_server.url + "?prefix=hang&socket_timeout=0.3&retries=0")
-    await store.open()
-    try:
+    async with _opened(own_server, "?prefix=hang&socket_timeout=0.3&retries=0") as store:
         await _update(store, "web:user:h", "w")
         assert own_server.process is not None
         os.kill(own_server.process.pid, signal.SIGSTOP)  # answers nothing, connection stays up
@@ -786,16 +806,12 @@ async def test_hung_server_gives_unavailable_in_bounded_time_then_recovers(
         # At most one more commit may have landed (the one whose answer was lost).
         record = await _update(store, "web:user:h", "w")
         assert record.version in (2, 3)
-    finally:
-        await store.close()
 
 
 async def test_scripts_reload_after_script_flush(own_server: RedisServer) -> None:
     # One connection: a reply left unread after the lost script (the record's read that
     # travels behind the lease script) would be taken for the next request's answer.
-    store = RedisStore.from_url(own_server.url + "?prefix=noscript&max_connections=1")
-    await store.open()
-    try:
+    async with _opened(own_server, "?prefix=noscript&max_connections=1") as store:
         await _update(store, "web:user:n", "w")
         own_server.cli("script", "flush")
         record = await _update(store, "web:user:n", "w")
@@ -805,8 +821,6 @@ async def test_scripts_reload_after_script_flush(own_server: RedisServer) -> Non
         lease, loaded = await store.lease_and_load("web:user:n", "w", 30.0)
         assert lease is not None and loaded == record
         assert await store.load("web:user:n") == record
-    finally:
-        await store.close()
 
 
 async def test_a_lease_refused_by_the_server_leaves_no_reply_unread(
@@ -814,20 +828,14 @@ async def test_a_lease_refused_by_the_server_leaves_no_reply_unread(
 ) -> None:
     # The lease script fails (out of memory: it writes) while the read behind it succeeds; on
     # the store's one connection, that read's reply must not answer the next request.
-    store = RedisStore.from_url(own_server.url + "?prefix=oom&max_connections=1&retries=0")
-    await store.open()
-    try:
+    async with _opened(own_server, "?prefix=oom&max_connections=1&retries=0") as store:
         record = await _update(store, "web:user:o", "w")
-        own_server.cli("config", "set", "maxmemory", "1")
-        try:
-            with pytest.raises(StoreUnavailable, match=r"refused.*out of memory"):
-                await store.lease_and_load("web:user:o", "w", 30.0)
-        finally:
-            own_server.cli("config", "set", "maxmemory", "0")
+        with _out_of_memory(own_server), pytest.raises(
+            StoreUnavailable, match=r"refused.*out of memory"
+        ):
+            await store.lease_and_load("web:user:o", "w", 30.0)
         assert await store.load("web:user:o") == record
         assert (await _update(store, "web:user:o", "w")).version == 2
-    finally:
-        await store.close()
 
 
 async def test_a_commit_refused_for_memory_is_unavailable_and_writes_nothing(
@@ -836,38 +844,31 @@ async def test_a_commit_refused_for_memory_is_unavailable_and_writes_nothing(
     # An out-of-memory server refuses the commit script at its first write: the caller gets
     # StoreUnavailable (which adapters answer in degraded mode), and the stored session, its
     # history and the indexes stay as they were, so the same commit goes through later.
-    store = RedisStore.from_url(own_server.url + "?prefix=oom&retries=0")
-    await store.open()
-    try:
+    async with _opened(own_server, "?prefix=oom&retries=0") as store:
         before = await _update(store, "web:user:o", "w")
         lease, record = await store.lease_and_load("web:user:o", "w", 30.0)
         assert lease is not None and record is not None
         record.version = 2
         record.data["n"] = 1
         changes = HistoryChanges(append=[Message(role="user", content="x", seq=2, tokens=1)])
-        own_server.cli("config", "set", "maxmemory", "1")
-        try:
+        with _out_of_memory(own_server):
             with pytest.raises(StoreUnavailable, match=r"refused.*out of memory"):
                 await store.commit(record, expected=1, lease=lease, release=True,
                                    history=changes)
             assert await store.load("web:user:o") == before
             assert await store.count_messages(record.ref) == 1
             assert (await store.count()).total == 1
-        finally:
-            own_server.cli("config", "set", "maxmemory", "0")
         await store.commit(record, expected=1, lease=lease, release=True, history=changes)
         assert (await store.load("web:user:o")).data == {"n": 1}  # type: ignore[union-attr]
         assert await store.count_messages(record.ref) == 2
-    finally:
-        await store.close()
 
 
 async def test_a_server_busy_with_a_script_is_unavailable(own_server: RedisServer) -> None:
     # A script that runs past busy-reply-threshold makes the server answer BUSY to everyone.
-    store = RedisStore.from_url(own_server.url + "?prefix=busy&retries=0")
-    await store.open()
-    blocker = aioredis.Redis.from_url(own_server.url)
-    try:
+    async with (
+        aioredis.Redis.from_url(own_server.url) as blocker,
+        _opened(own_server, "?prefix=busy&retries=0") as store,
+    ):
         own_server.cli("config", "set", "busy-reply-threshold", "50")
         spin = ("local t = tonumber(redis.call('TIME')[1]) + 2 "
                 "while tonumber(redis.call('TIME')[1]) < t do end")
@@ -877,9 +878,6 @@ async def test_a_server_busy_with_a_script_is_unavailable(own_server: RedisServe
             await store.load("web:user:b")
         await busy
         assert await store.load("web:user:b") is None
-    finally:
-        await blocker.aclose()
-        await store.close()
 
 
 async def test_cluster_scripts_reload_after_script_flush() -> None:
