@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import os
 import statistics
 import sys
 import time
@@ -175,6 +176,8 @@ async def bench_sqlite_full(report: Report, plan: Plan) -> None:
 async def bench_redis(report: Report, plan: Plan) -> None:
     from .servers import private_redis
 
+    # The warm replay flushes a database: only on the server the benchmark started itself.
+    replay = not os.environ.get("CHATSTATE_BENCH_REDIS_URL")
     async with private_redis() as url:
         systems: list[tuple[str, SystemFactory]] = [
             (RAW_REDIS, raw_redis(url)),
@@ -184,7 +187,8 @@ async def bench_redis(report: Report, plan: Plan) -> None:
         ]
         for w in plan.workloads():
             for name, factory in systems:
-                await measure(report, plan, "redis", name, factory, w, RedisProbe(url))
+                probe = RedisProbe(url, replay=replay)
+                await measure(report, plan, "redis", name, factory, w, probe)
 
 
 async def bench_postgres(report: Report, plan: Plan) -> None:

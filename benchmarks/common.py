@@ -33,6 +33,7 @@ console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty(
 SHORT = {
     "round_trips_per_update": "round trips/upd",
     "server_cmd_us_per_update": "server cmd µs/upd",  # the measure: INFO commandstats
+    "server_cmd_us_warm_per_update": "warm",  # the same, the run replayed back to back
     "server_cpu_us_per_update": "server CPU µs/upd",  # INFO cpu: user + sys, network included
     "client_commands_per_update": "client cmds/upd",
     "server_commands_per_update": "server cmds/upd",

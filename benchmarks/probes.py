@@ -6,6 +6,13 @@
   commands run inside scripts are kept from counting twice); INFO cpu microseconds per update
   (user + sys of the server process, its network work included) as a second view; commands
   per update.
+  Then ``server_cmd_us_warm_per_update``: the same commandstats measure while the server
+  re-runs every request of the run back to back (see `RedisProbe.replay`), so that it is
+  busy and its caches are warm. During the run itself a server whose client is the bottleneck
+  idles between requests and meets each one cold: on a slow machine that can triple the time
+  commandstats charges (the raw GET+SET loop, two plain commands, reads 2-5 us there), and
+  the inflation grows with the work a request does. The warm figure is what a busy server,
+  the one whose CPU decides capacity, spends per update.
 * PostgresProbe: transactions per update (pg_stat_database.xact_commit of the database).
 
 `start()` and `stop()` bracket the workload; `finish(messages)` returns the figures.
@@ -14,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 
@@ -23,6 +31,94 @@ class Probe(Protocol):
     async def stop(self) -> None: ...
 
     async def finish(self, messages: int) -> dict[str, Any]: ...
+
+
+# The most requests a run may write and still be replayed (a 5-second run writes far fewer;
+# an unbounded one may not).
+REPLAY_LIMIT = 2_000_000
+REPLAY_DB = b"15"  # the private server's database the replay runs in (the runs use 0)
+
+# What redis-py sends when it opens a connection (the protocol, client name and library, the
+# database): the replay's own connection stays on RESP2 in its own database.
+_CONNECTION_SETUP = frozenset({b"HELLO", b"CLIENT", b"AUTH", b"SELECT", b"READONLY"})
+
+
+def _pack(*args: bytes) -> bytes:
+    """One command in RESP, as a client writes it."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+def _as_bytes(request: Any) -> bytes:
+    """A request as `send_packed_command` got it (bytes, or a list of bytes and views)."""
+    if isinstance(request, (bytes, str, memoryview)):
+        request = [request]
+    return b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in request)
+
+
+def _command_name(data: bytes) -> bytes:
+    """The name of the first command in RESP `data` ("*<n>\\r\\n$<len>\\r\\n<name>...")."""
+    start = data.find(b"\r\n", data.find(b"$")) + 2
+    return data[start:data.find(b"\r\n", start)].upper()
+
+
+class _ReplayConnection:
+    """A plain connection for the replay: writes RESP, counts replies until a marker."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import hiredis
+
+        self.reader, self.writer = reader, writer
+        self.parse = hiredis.Reader()
+
+    @classmethod
+    async def open(cls, url: str) -> _ReplayConnection:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        return cls(*await asyncio.open_connection(parts.hostname or "127.0.0.1",
+                                                  parts.port or 6379))
+
+    async def send(self, requests: Iterable[bytes], marker: bytes) -> None:
+        """Write `requests`, then ECHO `marker`."""
+        pending = 0
+        for data in requests:
+            self.writer.write(data)
+            pending += len(data)
+            if pending >= 1 << 18:
+                await self.writer.drain()
+                pending = 0
+        self.writer.write(_pack(b"ECHO", marker))
+        await self.writer.drain()
+
+    async def replies_until(self, marker: bytes) -> int:
+        """Read replies up to the echoed `marker`; return how many were errors."""
+        errors = 0
+        while True:
+            reply = self.parse.gets()
+            while reply is not False:
+                if isinstance(reply, Exception):
+                    errors += 1
+                elif reply == marker:
+                    return errors
+                reply = self.parse.gets()
+            data = await self.reader.read(1 << 20)
+            if not data:
+                raise ConnectionError("the server closed the replay connection")
+            self.parse.feed(data)
+
+    async def run(self, requests: Iterable[bytes], marker: bytes) -> int:
+        """Send and read at once (the server's replies never pile up); errors met."""
+        sending = asyncio.ensure_future(self.send(requests, marker))
+        errors = await self.replies_until(marker)
+        await sending
+        return errors
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
 
 
 class RedisProbe:
@@ -53,13 +149,17 @@ class RedisProbe:
       sent per update.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, replay: bool = False) -> None:
         self.url = url
+        self.replays = replay  # only on a server the benchmark started: the replay flushes
         self.round_trips = 0
         self.sent: dict[str, int] = {}
         self._patched: list[tuple[str, Any]] = []
         self._before: tuple[float, dict[str, tuple[int, int]]] = (0.0, {})
         self._after: tuple[float, dict[str, tuple[int, int]]] = (0.0, {})
+        # Every request the clients wrote during the run, as written (for `replay`), up to
+        # REPLAY_LIMIT of them; None once the run wrote more.
+        self.recorded: list[Any] | None = []
 
     async def _server_figures(self) -> tuple[float, dict[str, tuple[int, int]]]:
         """(server CPU seconds, commandstats line -> (calls, usec)), read on a connection of
@@ -97,6 +197,7 @@ class RedisProbe:
 
         async def counting_send_packed(conn: Any, command: Any, check_health: bool = True) -> None:
             probe.round_trips += 1
+            probe._record(command)
             await send_packed(conn, command, check_health)
 
         async def counting_send_command(conn: Any, *args: Any, **kwargs: Any) -> None:
@@ -130,6 +231,14 @@ class RedisProbe:
         setattr(AbstractConnection, "send_command", counting_send_command)  # noqa: B010
         setattr(AbstractConnection, "pack_commands", counting_pack_commands)  # noqa: B010
 
+    def _record(self, request: Any) -> None:
+        """Keep the request as written (its parts are immutable: nothing to copy now)."""
+        recorded = self.recorded
+        if recorded is not None:
+            recorded.append(request)
+            if len(recorded) > REPLAY_LIMIT:
+                self.recorded = None  # too long a run to keep: no warm figure
+
     async def stop(self) -> None:
         from redis.asyncio.connection import AbstractConnection
 
@@ -138,9 +247,14 @@ class RedisProbe:
         self._patched = []
         self._after = await self._server_figures()
 
-    def top_level_usec(self) -> float:
-        """commandstats usec of the top-level commands (see the class docstring)."""
-        before, after = self._before[1], self._after[1]
+    def top_level_usec(
+        self, before: dict[str, tuple[int, int]] | None = None,
+        after: dict[str, tuple[int, int]] | None = None,
+    ) -> float:
+        """commandstats usec of the top-level commands (see the class docstring), between two
+        readings (by default those around the run)."""
+        before = self._before[1] if before is None else before
+        after = self._after[1] if after is None else after
         total = 0.0
         for line, (calls, usec) in after.items():
             calls -= before.get(line, (0, 0))[0]
@@ -160,13 +274,41 @@ class RedisProbe:
             calls - before.get(line, (0, 0))[0]
             for line, (calls, _) in after.items() if line != "info"
         )
-        return {
+        figures = {
             "round_trips_per_update": round(self.round_trips / messages, 3),
             "server_cmd_us_per_update": round(self.top_level_usec() / messages, 2),
             "server_cpu_us_per_update": round(cpu * 1e6 / messages, 2),
             "server_commands_per_update": round(commands / messages, 2),
             "client_commands_per_update": round(sum(self.sent.values()) / messages, 2),
         }
+        warm = await self.replay() if self.replays else None
+        if warm is not None:
+            figures["server_cmd_us_warm_per_update"] = round(warm / messages, 2)
+        return figures
+
+    async def replay(self, *, keep: bool = False) -> float | None:
+        """Re-run the recorded requests back to back in an empty database (REPLAY_DB) of the
+        same server and return their top-level commandstats usec (None if the run was too
+        long to record, or the replay met an error reply: then it did not redo the run).
+        The database is emptied again afterwards, unless `keep` (to inspect it).
+
+        Every run starts on keys of its own (a fresh prefix), and each client wrote a key's
+        requests in order, one after the answer to the one before: sent in the recorded order
+        on one connection, they find the same state and do the same work as in the run."""
+        if not self.recorded:
+            return None
+        requests = (data for data in map(_as_bytes, self.recorded)
+                    if _command_name(data) not in _CONNECTION_SETUP)
+        conn = await _ReplayConnection.open(self.url)
+        try:
+            await conn.run([_pack(b"SELECT", REPLAY_DB), _pack(b"FLUSHDB")], b"ready")
+            before = (await self._server_figures())[1]
+            errors = await conn.run(requests, b"replayed")
+            after = (await self._server_figures())[1]
+            await conn.run([] if keep else [_pack(b"FLUSHDB")], b"clean")
+        finally:
+            await conn.close()
+        return None if errors else self.top_level_usec(before, after)
 
 
 class PostgresProbe:

@@ -32,7 +32,7 @@ EXPECTED = {
 }
 FIGURES = {
     "redis": {"round_trips_per_update", "server_cmd_us_per_update", "server_cpu_us_per_update",
-              "server_commands_per_update"},
+              "server_commands_per_update", "server_cmd_us_warm_per_update"},
     "postgres": {"xacts_per_update"},
     "bytes": {"bytes_per_idle_session"},
     "claim": {"claim_ms", "sessions", "due"},
