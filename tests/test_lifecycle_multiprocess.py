@@ -114,7 +114,9 @@ class Runners:
         for n in range(len(self.procs)):
             path = self.folder / f"calls-{n}.txt"
             if path.exists():
-                for line in path.read_text().splitlines():
+                # Complete lines only: a runner's line that straddles a page of the file is
+                # copied in two steps, and a read between them sees its first part alone.
+                for line in path.read_text().split("\n")[:-1]:
                     kind, sid, due_id, delay = line.split()
                     found.append(Call(kind, sid, due_id, n, float(delay)))
         return found
