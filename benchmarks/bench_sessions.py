@@ -12,8 +12,9 @@ Groups (``--only memory,sqlite,sqlite-full,bytes,claim,redis,postgres``; default
 * bytes:    process memory per idle session: MemoryStore vs aiogram MemoryStorage vs a dict
 * claim:    claiming 100 due sessions among 1,000,000 vs among 1,000 (MemoryStore, SQLiteStore)
 * redis:    chatstate RedisStore vs aiogram RedisStorage (with and without RedisEventIsolation)
-            vs a raw redis-py GET+SET loop; round trips, server CPU and commands per update
-            (on a private redis-server)
+            vs a raw redis-py GET+SET loop; round trips, server CPU and commands per update,
+            server time also warm, the run replayed (on a private redis-server; with
+            $CHATSTATE_BENCH_REDIS_URL on that server, without the replay)
 * postgres: chatstate PostgresStore vs raw asyncpg SELECT + UPSERT of a JSONB row; transactions
             per update (on a private database)
 

@@ -158,8 +158,8 @@ class RedisProbe:
         self._before: tuple[float, dict[str, tuple[int, int]]] = (0.0, {})
         self._after: tuple[float, dict[str, tuple[int, int]]] = (0.0, {})
         # Every request the clients wrote during the run, as written (for `replay`), up to
-        # REPLAY_LIMIT of them; None once the run wrote more.
-        self.recorded: list[Any] | None = []
+        # REPLAY_LIMIT of them; None once the run wrote more, or when nothing will replay.
+        self.recorded: list[Any] | None = [] if replay else None
 
     async def _server_figures(self) -> tuple[float, dict[str, tuple[int, int]]]:
         """(server CPU seconds, commandstats line -> (calls, usec)), read on a connection of

@@ -70,3 +70,19 @@ async def test_an_error_reply_means_no_warm_figure() -> None:
         assert await probe.replay() is None  # HGET of a string: WRONGTYPE
         probe.recorded = [_pack(b"INCR", b"k")]
         assert await probe.replay() is not None
+
+
+async def test_a_probe_on_a_given_server_neither_records_nor_replays() -> None:
+    # With CHATSTATE_BENCH_REDIS_URL the server is the user's: nothing may be flushed there.
+    require_redis_binaries()
+    async with private_redis() as url:
+        workload = Workload(users=5, messages=2, concurrency=1)
+        async with chatstate_on(lambda: redis_store_url(url))(workload) as cycle:
+            probe = RedisProbe(url)
+            await probe.start()
+            _, latencies, _ = await run_workload(cycle, workload, 0)
+            await probe.stop()
+        assert probe.recorded is None
+        figures = await probe.finish(len(latencies))
+        assert "server_cmd_us_warm_per_update" not in figures
+        assert figures["round_trips_per_update"] > 0
